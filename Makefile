@@ -1,0 +1,47 @@
+# ironhub — the two commands a user needs: `make run` and `make test`.
+# A persistent cargo target dir outside the clone keeps RocksDB from rebuilding every time.
+CACHE_ROOT := $(shell [ -w /var/cache ] && echo /var/cache || echo $(HOME)/.cache)
+export CARGO_TARGET_DIR ?= $(CACHE_ROOT)/ironhub/target
+BIN := $(CARGO_TARGET_DIR)/release
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: run test deps build lint fmt bench chaos-soak clean-data
+
+## Install what a fresh machine lacks (clang/libclang for RocksDB's bindings, MQTT test clients).
+deps:
+	@missing=""; \
+	for p in clang libclang-dev mosquitto-clients curl; do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing >/dev/null; \
+	fi
+	@command -v cargo >/dev/null || { echo "cargo not found: install Rust from https://rustup.rs"; exit 1; }
+
+## Build every binary in release mode.
+build: deps
+	cargo build --release --workspace
+
+## Start a single-node hub with data in ./data (Ctrl-C stops it).
+run: build
+	$(BIN)/ironhub serve --data-dir ./data
+
+## The whole test suite (unit, storage suites, in-process cluster, real processes), release mode.
+test: deps
+	cargo build --release --workspace
+	IRONHUB_BIN=$(BIN)/ironhub cargo test --release --workspace -- --test-threads=2
+
+## rustfmt and clippy.
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --release --workspace --all-targets -- -D warnings
+
+fmt:
+	cargo fmt --all
+
+## Raft commit benchmark (1 and 3 nodes); results go in docs/benchmarks.md.
+bench: build
+	cargo run --release -p ironhub-raft --example commit_bench -- --nodes 1 --seconds 20
+	cargo run --release -p ironhub-raft --example commit_bench -- --nodes 3 --seconds 20
+
+clean-data:
+	rm -rf ./data

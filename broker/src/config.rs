@@ -1,0 +1,409 @@
+//! The hub's configuration: one typed struct, built as defaults < file < environment < flags.
+//!
+//! `ironhub config print` shows the effective result. Every field documents its unit and default.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use ironhub_raft::{BatchConfig, NodeId, Timing};
+use serde::{Deserialize, Serialize};
+
+/// The whole configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// This node's id (default 1).
+    pub node_id: NodeId,
+    /// Data directory (default `./data`).
+    pub data_dir: PathBuf,
+    /// Listener addresses.
+    pub listeners: Listeners,
+    /// Cluster membership and security.
+    pub cluster: Cluster,
+    /// Server TLS for MQTT over TLS, WSS and QUIC.
+    pub tls: Tls,
+    /// Management API.
+    pub api: Api,
+    /// Raft timing and batching.
+    pub raft: Raft,
+    /// Logging.
+    pub log: Log,
+}
+
+/// Listener addresses (`host:port`); a listener without a certificate where it needs one is off.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Listeners {
+    /// MQTT over TCP (default 0.0.0.0:1883).
+    pub mqtt: String,
+    /// MQTT over TLS (default 0.0.0.0:8883, when a certificate is configured).
+    pub mqtts: String,
+    /// MQTT over WebSocket, path /mqtt (default 0.0.0.0:8083).
+    pub ws: String,
+    /// MQTT over secure WebSocket (default 0.0.0.0:8084, when a certificate is configured).
+    pub wss: String,
+    /// MQTT over QUIC, UDP (default 0.0.0.0:14567, when a certificate is configured).
+    pub quic: String,
+    /// CoAP, UDP (default 0.0.0.0:5683).
+    pub coap: String,
+    /// Management API, /metrics and /healthz (default 0.0.0.0:18080).
+    pub api: String,
+}
+
+/// Cluster settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Cluster {
+    /// Cluster (QUIC) bind address; default 127.0.0.1:17000 for a single node, required with peers.
+    pub bind: Option<String>,
+    /// Every voter including this node: `"1=HOST:PORT,2=HOST:PORT,3=HOST:PORT"` (default empty: single node).
+    pub peers: String,
+    /// Shared cluster secret (HMAC over the TLS exporter).
+    pub secret: Option<String>,
+    /// Cluster CA certificate (PEM), with `cert` and `key` (made by `ironhub ctl certs`).
+    pub ca: Option<PathBuf>,
+    /// This node's cluster certificate (PEM).
+    pub cert: Option<PathBuf>,
+    /// This node's cluster key (PEM).
+    pub key: Option<PathBuf>,
+    /// Allow peers without a secret or certificates (development only).
+    pub insecure_dev: bool,
+    /// Partition groups of a new cluster (default 16; fixed at creation).
+    pub partitions: u16,
+}
+
+/// Server TLS.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Tls {
+    /// Server certificate chain (PEM).
+    pub cert: Option<PathBuf>,
+    /// Server private key (PEM).
+    pub key: Option<PathBuf>,
+    /// CA for client certificates (PEM); when set, clients may present certificates.
+    pub client_ca: Option<PathBuf>,
+}
+
+/// Management API.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Api {
+    /// Admin bearer token; generated on first start and stored in the data dir when unset.
+    pub admin_token: Option<String>,
+}
+
+/// Raft settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Raft {
+    /// Leader heartbeat, ms (default 250).
+    pub heartbeat_ms: u64,
+    /// Election timeout lower bound, ms (default 1000).
+    pub election_min_ms: u64,
+    /// Election timeout upper bound, ms (default 2000).
+    pub election_max_ms: u64,
+    /// Snapshot send/install timeout, ms (default 10000).
+    pub snapshot_timeout_ms: u64,
+    /// Entries applied between snapshots (default 20000).
+    pub snapshot_every: u64,
+    /// Entries kept behind a snapshot for lagging followers (default 10000).
+    pub keep_behind_snapshot: u64,
+    /// Commands per raft entry at most (default 256).
+    pub batch_max_commands: usize,
+    /// Bytes per raft entry at most (default 65536).
+    pub batch_max_bytes: usize,
+    /// Queued proposals per group before "busy" (default 8192).
+    pub batch_queue: usize,
+    /// Raft entries in flight per group (default 32).
+    pub batch_max_inflight: usize,
+}
+
+/// Logging.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Log {
+    /// `text` (default) or `json`.
+    pub format: String,
+    /// A tracing filter, e.g. `info` (default) or `ironhub_raft=debug,info`.
+    pub level: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            node_id: 1,
+            data_dir: PathBuf::from("./data"),
+            listeners: Listeners::default(),
+            cluster: Cluster::default(),
+            tls: Tls::default(),
+            api: Api::default(),
+            raft: Raft::default(),
+            log: Log::default(),
+        }
+    }
+}
+
+impl Default for Listeners {
+    fn default() -> Self {
+        Self {
+            mqtt: "0.0.0.0:1883".into(),
+            mqtts: "0.0.0.0:8883".into(),
+            ws: "0.0.0.0:8083".into(),
+            wss: "0.0.0.0:8084".into(),
+            quic: "0.0.0.0:14567".into(),
+            coap: "0.0.0.0:5683".into(),
+            api: "0.0.0.0:18080".into(),
+        }
+    }
+}
+
+impl Default for Cluster {
+    fn default() -> Self {
+        Self {
+            bind: None,
+            peers: String::new(),
+            secret: None,
+            ca: None,
+            cert: None,
+            key: None,
+            insecure_dev: false,
+            partitions: 16,
+        }
+    }
+}
+
+impl Default for Raft {
+    fn default() -> Self {
+        let t = Timing::default();
+        let b = BatchConfig::default();
+        Self {
+            heartbeat_ms: t.heartbeat_ms,
+            election_min_ms: t.election_min_ms,
+            election_max_ms: t.election_max_ms,
+            snapshot_timeout_ms: t.snapshot_timeout_ms,
+            snapshot_every: t.snapshot_every,
+            keep_behind_snapshot: t.keep_behind_snapshot,
+            batch_max_commands: b.max_commands,
+            batch_max_bytes: b.max_bytes,
+            batch_queue: b.queue,
+            batch_max_inflight: b.max_inflight,
+        }
+    }
+}
+
+impl Default for Log {
+    fn default() -> Self {
+        Self {
+            format: "text".into(),
+            level: "info".into(),
+        }
+    }
+}
+
+/// A configuration error: names the key and how to fix it (exit code 2).
+#[derive(Debug, thiserror::Error)]
+#[error("config `{key}`: {problem}")]
+pub struct ConfigError {
+    /// The offending key.
+    pub key: &'static str,
+    /// What is wrong and what to do.
+    pub problem: String,
+}
+
+fn err(key: &'static str, problem: impl Into<String>) -> ConfigError {
+    ConfigError {
+        key,
+        problem: problem.into(),
+    }
+}
+
+/// Parses `"1=HOST:PORT,2=HOST:PORT"`.
+pub fn parse_peers(s: &str) -> Result<BTreeMap<NodeId, SocketAddr>, ConfigError> {
+    let mut out = BTreeMap::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (id, addr) = part
+            .split_once('=')
+            .ok_or_else(|| err("cluster.peers", format!("`{part}` is not ID=HOST:PORT")))?;
+        let id: NodeId = id
+            .trim()
+            .parse()
+            .map_err(|_| err("cluster.peers", format!("`{id}` in `{part}` is not a node id")))?;
+        let addr = resolve(addr.trim()).map_err(|p| err("cluster.peers", p))?;
+        if out.insert(id, addr).is_some() {
+            return Err(err("cluster.peers", format!("node {id} is listed twice")));
+        }
+    }
+    Ok(out)
+}
+
+/// Resolves `host:port` to one socket address.
+pub fn resolve(s: &str) -> Result<SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    s.to_socket_addrs()
+        .map_err(|e| format!("`{s}` is not a HOST:PORT address: {e}"))?
+        .next()
+        .ok_or_else(|| format!("`{s}` resolves to no address"))
+}
+
+impl Config {
+    /// Checks every value; the error names the key and the fix.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.node_id == 0 {
+            return Err(err("node_id", "must be 1 or more"));
+        }
+        let peers = parse_peers(&self.cluster.peers)?;
+        if !peers.is_empty() {
+            if !peers.contains_key(&self.node_id) {
+                return Err(err(
+                    "cluster.peers",
+                    format!(
+                        "--node-id {} is not in --peers; list every voter including this node",
+                        self.node_id
+                    ),
+                ));
+            }
+            let has_certs =
+                self.cluster.ca.is_some() && self.cluster.cert.is_some() && self.cluster.key.is_some();
+            if self.cluster.secret.is_none() && !has_certs && !self.cluster.insecure_dev {
+                return Err(err(
+                    "cluster.secret",
+                    "a cluster with --peers needs --cluster-secret S, or --cluster-ca/--cluster-cert/--cluster-key \
+                     (make them with `ironhub ctl certs`), or --insecure-dev-cluster for development",
+                ));
+            }
+            if self.cluster.secret.as_deref().is_some_and(|s| s.len() < 8) {
+                return Err(err("cluster.secret", "use at least 8 characters"));
+            }
+        }
+        if self.cluster.ca.is_some() != self.cluster.cert.is_some()
+            || self.cluster.cert.is_some() != self.cluster.key.is_some()
+        {
+            return Err(err(
+                "cluster.ca",
+                "--cluster-ca, --cluster-cert and --cluster-key go together",
+            ));
+        }
+        if self.cluster.partitions == 0 || self.cluster.partitions > 1024 {
+            return Err(err("cluster.partitions", "must be 1..=1024 (default 16)"));
+        }
+        if self.tls.cert.is_some() != self.tls.key.is_some() {
+            return Err(err("tls.cert", "--tls-cert and --tls-key go together"));
+        }
+        resolve(&self.listeners.api).map_err(|p| err("listeners.api", p))?;
+        if let Some(b) = &self.cluster.bind {
+            resolve(b).map_err(|p| err("cluster.bind", p))?;
+        }
+        let r = &self.raft;
+        if r.heartbeat_ms == 0
+            || r.election_min_ms <= r.heartbeat_ms * 2
+            || r.election_max_ms <= r.election_min_ms
+        {
+            return Err(err(
+                "raft.election_min_ms",
+                "need 0 < heartbeat_ms, election_min_ms > 2 × heartbeat_ms, election_max_ms > election_min_ms",
+            ));
+        }
+        if r.batch_max_commands == 0
+            || r.batch_queue == 0
+            || r.batch_max_inflight == 0
+            || r.batch_max_bytes == 0
+        {
+            return Err(err("raft.batch_queue", "batch limits must be at least 1"));
+        }
+        if !matches!(self.log.format.as_str(), "text" | "json") {
+            return Err(err("log.format", "use `text` or `json`"));
+        }
+        Ok(())
+    }
+
+    /// The cluster bind address: `cluster.bind`, else this node's `--peers` entry, else 127.0.0.1:17000.
+    pub fn cluster_bind(&self) -> Result<SocketAddr, ConfigError> {
+        if let Some(b) = &self.cluster.bind {
+            return resolve(b).map_err(|p| err("cluster.bind", p));
+        }
+        let peers = parse_peers(&self.cluster.peers)?;
+        match peers.get(&self.node_id) {
+            Some(a) => Ok(*a),
+            None => Ok(SocketAddr::from(([127, 0, 0, 1], 17000))),
+        }
+    }
+
+    /// Raft timing from this config.
+    pub fn timing(&self) -> Timing {
+        let r = &self.raft;
+        Timing {
+            heartbeat_ms: r.heartbeat_ms,
+            election_min_ms: r.election_min_ms,
+            election_max_ms: r.election_max_ms,
+            snapshot_timeout_ms: r.snapshot_timeout_ms,
+            snapshot_every: r.snapshot_every,
+            keep_behind_snapshot: r.keep_behind_snapshot,
+        }
+    }
+
+    /// Batching limits from this config.
+    pub fn batch(&self) -> BatchConfig {
+        let r = &self.raft;
+        BatchConfig {
+            max_commands: r.batch_max_commands,
+            max_bytes: r.batch_max_bytes,
+            queue: r.batch_queue,
+            max_inflight: r.batch_max_inflight,
+        }
+    }
+
+    /// The config as TOML with secrets redacted (for `ironhub config print`).
+    pub fn to_toml_redacted(&self) -> Result<String, toml::ser::Error> {
+        let mut c = self.clone();
+        if c.cluster.secret.is_some() {
+            c.cluster.secret = Some("<redacted>".into());
+        }
+        if c.api.admin_token.is_some() {
+            c.api.admin_token = Some("<redacted>".into());
+        }
+        toml::to_string_pretty(&c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate_and_round_trip_through_toml() {
+        let c = Config::default();
+        c.validate().expect("defaults are valid");
+        let text = c.to_toml_redacted().expect("toml");
+        let back: Config = toml::from_str(&text).expect("parse");
+        assert_eq!(back.listeners.api, "0.0.0.0:18080");
+        assert_eq!(back.cluster.partitions, 16);
+    }
+
+    #[test]
+    fn peers_parse_and_errors_name_the_key() {
+        let p = parse_peers("1=127.0.0.1:1,2=127.0.0.1:2").expect("parse");
+        assert_eq!(p.len(), 2);
+        assert_eq!(parse_peers("1=x").unwrap_err().key, "cluster.peers");
+        assert!(parse_peers("1=127.0.0.1:1,1=127.0.0.1:2")
+            .unwrap_err()
+            .problem
+            .contains("twice"));
+    }
+
+    #[test]
+    fn peers_need_a_secret_and_must_include_self() {
+        let mut c = Config::default();
+        c.cluster.peers = "1=127.0.0.1:1,2=127.0.0.1:2".into();
+        assert_eq!(c.validate().unwrap_err().key, "cluster.secret");
+        c.cluster.secret = Some("long-enough-secret".into());
+        c.validate().expect("valid");
+        c.node_id = 3;
+        assert!(c.validate().unwrap_err().problem.contains("not in --peers"));
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        assert!(toml::from_str::<Config>("nod_id = 3").is_err());
+    }
+}

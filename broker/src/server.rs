@@ -1,0 +1,164 @@
+//! `ironhub serve`: opens the data dir, starts the raft node and the listeners, and stops them
+//! all on SIGTERM/SIGINT (one cancellation token, every task owned).
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context;
+use ironhub_raft::transport::Security;
+use ironhub_raft::{NodeConfig, RaftNode};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{parse_peers, resolve, Config};
+use crate::http::{self, ApiState};
+use crate::state::HubState;
+
+/// Reads the admin token: configured, else stored in the data dir, else generated and stored.
+fn admin_token(cfg: &Config) -> anyhow::Result<String> {
+    if let Some(t) = &cfg.api.admin_token {
+        return Ok(t.clone());
+    }
+    let path = cfg.data_dir.join("admin-token");
+    if let Ok(t) = std::fs::read_to_string(&path) {
+        return Ok(t.trim().to_string());
+    }
+    let token: String = {
+        use rand::Rng;
+        let bytes: [u8; 24] = rand::rng().random();
+        hex::encode(bytes)
+    };
+    write_private(&path, &token).with_context(|| format!("storing the admin token in {}", path.display()))?;
+    println!(
+        "ironhub: generated admin token (stored in {}): {token}",
+        path.display()
+    );
+    Ok(token)
+}
+
+fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(contents.as_bytes())?;
+    f.sync_all()
+}
+
+/// Logs the limits of this process (open files) once at start.
+fn log_limits() {
+    if let Ok(text) = std::fs::read_to_string("/proc/self/limits") {
+        if let Some(line) = text.lines().find(|l| l.starts_with("Max open files")) {
+            tracing::info!("{}", line.split_whitespace().collect::<Vec<_>>().join(" "));
+        }
+    }
+}
+
+/// Runs a node until SIGTERM/SIGINT.
+pub async fn serve(cfg: Config) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
+    log_limits();
+    let token = admin_token(&cfg)?;
+    let peers = parse_peers(&cfg.cluster.peers)?;
+    let security = match (
+        &cfg.cluster.secret,
+        &cfg.cluster.ca,
+        &cfg.cluster.cert,
+        &cfg.cluster.key,
+    ) {
+        (_, Some(ca), Some(cert), Some(key)) => Security::Certs {
+            ca: ca.clone(),
+            cert: cert.clone(),
+            key: key.clone(),
+        },
+        (Some(s), ..) => Security::Secret(s.clone()),
+        _ => {
+            if !peers.is_empty() {
+                tracing::warn!("--insecure-dev-cluster: cluster traffic is NOT authenticated; never use this in production");
+            }
+            Security::InsecureDev
+        }
+    };
+    for (name, addr) in [
+        ("mqtt", &cfg.listeners.mqtt),
+        ("ws", &cfg.listeners.ws),
+        ("coap", &cfg.listeners.coap),
+    ] {
+        tracing::warn!(listener = name, %addr, "not yet available in this build (the MQTT and CoAP front ends land with the broker issue)");
+    }
+    let registry = prometheus::Registry::new();
+    let node_cfg = NodeConfig {
+        node_id: cfg.node_id,
+        data_dir: cfg.data_dir.clone(),
+        cluster_bind: cfg.cluster_bind()?,
+        peers: peers.clone(),
+        security,
+        partitions: cfg.cluster.partitions,
+        timing: cfg.timing(),
+        batch: cfg.batch(),
+    };
+    let node = RaftNode::start(node_cfg, Arc::new(HubState), &registry)
+        .await
+        .context("starting the raft node")?;
+    tracing::info!(node = cfg.node_id, cluster = %node.cluster_addr(), partitions = node.partitions(), "raft node started");
+
+    let api_addr: SocketAddr = resolve(&cfg.listeners.api).map_err(anyhow::Error::msg)?;
+    let listener = tokio::net::TcpListener::bind(api_addr)
+        .await
+        .with_context(|| format!("binding the API listener {api_addr} (in use? change --api)"))?;
+    tracing::info!(%api_addr, "API listening");
+    let state = Arc::new(ApiState {
+        node: node.clone(),
+        admin_token: token,
+        registry,
+        peers: peers.iter().map(|(k, v)| (*k, v.to_string())).collect(),
+    });
+    let shutdown = CancellationToken::new();
+    let http = {
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            axum::serve(listener, http::router(state))
+                .with_graceful_shutdown(async move { shutdown.cancelled().await })
+                .await
+        })
+    };
+
+    let fatal = tokio::select! {
+        _ = wait_for_signal() => None,
+        msg = node.fatal() => Some(msg),
+    };
+    tracing::info!("shutting down: stopping the API, raft groups, transport and storage");
+    shutdown.cancel();
+    if let Ok(Err(e)) = http.await {
+        tracing::warn!("API server: {e}");
+    }
+    node.shutdown().await;
+    tracing::info!("stopped");
+    match fatal {
+        Some(msg) => Err(crate::config::ConfigError {
+            key: "cluster.peers",
+            problem: msg,
+        }
+        .into()),
+        None => Ok(()),
+    }
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

@@ -1,0 +1,84 @@
+//! The openraft type configuration: raft entries carry batches of opaque commands.
+
+use std::fmt;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+pub use ironhub_storage::GroupId;
+
+/// A node's id, as in `--node-id` and `--peers`.
+pub type NodeId = u64;
+
+/// The meta group: membership, plans, cluster-wide records.
+pub const META_GROUP: GroupId = 0;
+
+/// Where a node can be reached, stored in every group's raft membership.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct NodeAddr {
+    /// The cluster (QUIC) address, `host:port`.
+    pub cluster: String,
+}
+
+/// Identifies one proposal for idempotency: `(origin node, connection incarnation, seq)`, with `seq`
+/// increasing per incarnation. A replay of an applied id gets the stored response and changes nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ProposalId {
+    /// The node that accepted the request from a client.
+    pub origin: NodeId,
+    /// A number unique per client connection on that node (e.g. a per-node counter).
+    pub incarnation: u64,
+    /// Increasing per incarnation.
+    pub seq: u64,
+}
+
+/// One command as proposed: opaque bytes for the [`crate::Apply`] implementation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Proposal {
+    /// Set for commands that must apply at most once although they may be retried.
+    pub id: Option<ProposalId>,
+    /// The encoded command.
+    pub command: Bytes,
+}
+
+/// The payload of one raft entry: a batch of commands, applied in order.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommandBatch {
+    /// Commands in proposal order.
+    pub commands: Vec<Proposal>,
+}
+
+impl fmt::Display for CommandBatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "CommandBatch({} commands)", self.commands.len())
+    }
+}
+
+/// The responses to one [`CommandBatch`], one per command, in order.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchResponse {
+    /// One response per command.
+    pub responses: Vec<Bytes>,
+}
+
+openraft::declare_raft_types!(
+    /// ironhub's raft type configuration.
+    pub TypeConfig:
+        D = CommandBatch,
+        R = BatchResponse,
+        NodeId = NodeId,
+        Node = NodeAddr,
+);
+
+/// A raft instance of one group.
+pub type GroupRaft = openraft::Raft<TypeConfig, crate::state_machine::GroupStateMachine>;
+/// A log id of this configuration.
+pub type LogId = openraft::alias::LogIdOf<TypeConfig>;
+/// Snapshot metadata of this configuration.
+pub type SnapshotMeta = openraft::alias::SnapshotMetaOf<TypeConfig>;
+/// Stored membership of this configuration.
+pub type StoredMembership = openraft::alias::StoredMembershipOf<TypeConfig>;
+/// A vote of this configuration.
+pub type Vote = openraft::alias::VoteOf<TypeConfig>;
+/// A raft entry of this configuration.
+pub type Entry = openraft::alias::EntryOf<TypeConfig>;
