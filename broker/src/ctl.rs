@@ -16,8 +16,20 @@ fn token(args: &CtlArgs) -> Option<String> {
 }
 
 async fn get_json(args: &CtlArgs, path: &str) -> anyhow::Result<Value> {
+    send_json(args, reqwest::Method::GET, path, None).await
+}
+
+async fn send_json(
+    args: &CtlArgs,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> anyhow::Result<Value> {
     let url = format!("{}{}", args.api.trim_end_matches('/'), path);
-    let mut req = reqwest::Client::new().get(&url);
+    let mut req = reqwest::Client::new().request(method, &url);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
     if let Some(t) = token(args) {
         req = req.bearer_auth(t);
     }
@@ -55,11 +67,54 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
             Ok(())
         }
         CtlCommand::Cluster {
-            command: ClusterCommand::AddNode { .. } | ClusterCommand::RemoveNode { .. },
+            command: ClusterCommand::AddNode { id, addr },
         } => {
-            bail!("membership changes (add-node / remove-node) are not available in this build yet")
+            let body = serde_json::json!({"id": id, "addr": addr});
+            let plan = send_json(&args, reqwest::Method::POST, "/api/v1/cluster/nodes", Some(body)).await?;
+            follow_plan(&args, &plan).await
+        }
+        CtlCommand::Cluster {
+            command: ClusterCommand::RemoveNode { id },
+        } => {
+            let plan = send_json(
+                &args,
+                reqwest::Method::DELETE,
+                &format!("/api/v1/cluster/nodes/{id}"),
+                None,
+            )
+            .await?;
+            follow_plan(&args, &plan).await
         }
         CtlCommand::Certs { out, nodes } => certs(out, nodes),
+    }
+}
+
+/// Prints the plan's progress until it finishes.
+async fn follow_plan(args: &CtlArgs, plan: &Value) -> anyhow::Result<()> {
+    let id = plan["id"].as_str().unwrap_or_default().to_string();
+    println!("plan {id}: {}", plan["change"].as_str().unwrap_or_default());
+    let mut last = String::new();
+    loop {
+        let v = get_json(args, "/api/v1/cluster").await?;
+        let p = &v["plan"];
+        if p["id"].as_str() == Some(id.as_str()) {
+            let line = format!(
+                "  {} ({}/{} groups)",
+                p["state"].as_str().unwrap_or(""),
+                p["groups_done"],
+                p["groups_total"]
+            );
+            if line != last {
+                println!("{line}");
+                last = line;
+            }
+            match p["state"].as_str() {
+                Some("done") => return Ok(()),
+                Some(s) if s.starts_with("failed") => bail!("plan {id} {s}"),
+                _ => {}
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     }
 }
 

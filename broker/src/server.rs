@@ -115,7 +115,6 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         node: node.clone(),
         admin_token: token,
         registry,
-        peers: peers.iter().map(|(k, v)| (*k, v.to_string())).collect(),
     });
     let shutdown = CancellationToken::new();
     let http = {

@@ -222,3 +222,92 @@ async fn a_single_node_keeps_committed_writes_across_kill9() {
         assert_eq!(read(&c.nodes[0], &format!("s/{i}")).await, Some(format!("p{i}")));
     }
 }
+
+fn ctl(node: &Node, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(bin())
+        .args(["ctl", "--api", &node.url(""), "--token", TOKEN])
+        .args(args)
+        .output()
+        .expect("run ironhub ctl")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn add_node_and_remove_node_with_ctl() {
+    let mut c = Cluster::new(4);
+    // Nodes 1-3 form the cluster; node 4 is started later, empty, listing all four.
+    let first_three: String = c.nodes[..3]
+        .iter()
+        .map(|n| format!("{}=127.0.0.1:{}", n.id, n.cluster_port))
+        .collect::<Vec<_>>()
+        .join(",");
+    let all_four = c.peers.clone();
+    for id in 1..=3 {
+        c.node(id).start(&first_three, SECRET);
+    }
+    assert!(
+        wait_all_led(&c.nodes[0], &[1, 2, 3], Duration::from_secs(60))
+            .await
+            .is_some(),
+        "{}",
+        c.logs()
+    );
+    assert!(write_acked(&[&c.nodes[0]], "before/add", "x", Duration::from_secs(10)).await);
+    c.node(4).start(&all_four, SECRET);
+    assert!(
+        wait_healthy(&c.nodes[3], Duration::from_secs(30)).await,
+        "{}",
+        c.logs()
+    );
+
+    let addr4 = format!("127.0.0.1:{}", c.nodes[3].cluster_port);
+    let out = ctl(&c.nodes[1], &["cluster", "add-node", "4", &addr4]);
+    assert!(
+        out.status.success(),
+        "add-node failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        c.logs()
+    );
+    let (_, v) = get(&c.nodes[0].url("/api/v1/cluster")).await.expect("cluster");
+    assert_eq!(v["nodes"].as_array().map(|a| a.len()), Some(4), "{v}");
+    let groups = v["groups"].as_array().expect("groups");
+    let with4 = groups
+        .iter()
+        .filter(|g| g["voters"].as_array().is_some_and(|vs| vs.iter().any(|x| x == 4)))
+        .count();
+    assert!(with4 >= 2, "node 4 votes in some groups: {v}");
+    assert_eq!(
+        read(&c.nodes[3], "before/add").await.as_deref(),
+        Some("x"),
+        "node 4 has the data"
+    );
+
+    let out = ctl(&c.nodes[3], &["cluster", "remove-node", "1"]);
+    assert!(
+        out.status.success(),
+        "remove-node failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        c.logs()
+    );
+    let (_, v) = get(&c.nodes[1].url("/api/v1/cluster")).await.expect("cluster");
+    for g in v["groups"].as_array().expect("groups") {
+        let lists = |k: &str| g[k].as_array().is_some_and(|vs| vs.iter().any(|x| x == 1));
+        assert!(!lists("voters") && !lists("learners"), "node 1 still in {g}");
+    }
+    c.node(1).kill9();
+    assert!(
+        wait_all_led(&c.nodes[1], &[2, 3, 4], Duration::from_secs(30))
+            .await
+            .is_some(),
+        "{}",
+        c.logs()
+    );
+    assert!(
+        write_acked(
+            &[&c.nodes[1], &c.nodes[2]],
+            "after/remove",
+            "y",
+            Duration::from_secs(20)
+        )
+        .await
+    );
+}

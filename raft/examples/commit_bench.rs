@@ -132,16 +132,7 @@ async fn main() {
                 let mut cmd = vec![0u8; 64];
                 cmd[..8].copy_from_slice(&(c * 1_000_000 + i).to_be_bytes());
                 let t = Instant::now();
-                match nodes[(leader - 1) as usize]
-                    .propose(
-                        g,
-                        Proposal {
-                            id: None,
-                            command: Bytes::from(cmd),
-                        },
-                    )
-                    .await
-                {
+                match nodes[(leader - 1) as usize].propose(g, Proposal::app(cmd)).await {
                     Ok(_) => {
                         let _ = hist.record(t.elapsed().as_micros() as u64);
                         done.fetch_add(1, Ordering::Relaxed);

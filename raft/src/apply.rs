@@ -52,6 +52,11 @@ pub struct StateView<'a> {
 }
 
 impl StateView<'_> {
+    /// Reads a raft-internal record.
+    pub(crate) fn raw_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        self.engine.get(key)
+    }
+
     /// Reads one application key.
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
         self.engine.get(&app_key(self.group, key))
@@ -76,6 +81,7 @@ impl StateView<'_> {
 pub struct StateTxn<'a> {
     view: StateView<'a>,
     overlay: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    raw_overlay: BTreeMap<Vec<u8>, Vec<u8>>,
     pub(crate) batch: WriteBatch,
 }
 
@@ -84,6 +90,7 @@ impl<'a> StateTxn<'a> {
         Self {
             view: StateView { engine, group },
             overlay: BTreeMap::new(),
+            raw_overlay: BTreeMap::new(),
             batch: WriteBatch::default(),
         }
     }
@@ -113,8 +120,18 @@ impl<'a> StateTxn<'a> {
         self.view.group
     }
 
+    /// Reads a raft-internal record (sees this transaction's own raw writes).
     pub(crate) fn raw_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
-        self.view.engine.get(key)
+        match self.raw_overlay.get(key) {
+            Some(v) => Ok(Some(v.clone())),
+            None => self.view.engine.get(key),
+        }
+    }
+
+    /// Writes a raft-internal record.
+    pub(crate) fn raw_put(&mut self, key: Vec<u8>, value: Vec<u8>) {
+        self.raw_overlay.insert(key.clone(), value.clone());
+        self.batch.put(key, value);
     }
 }
 

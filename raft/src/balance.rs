@@ -32,6 +32,8 @@ impl RaftNode {
         self.inner
             .tasks
             .spawn(async move { n.persist_learned_cluster_id().await });
+        let n = self.clone();
+        self.inner.tasks.spawn(async move { n.plan_loop().await });
     }
 
     async fn watch_group(&self, g: u16) {
@@ -87,7 +89,8 @@ impl RaftNode {
                 _ = self.inner.shutdown.cancelled() => return,
                 _ = tokio::time::sleep(BALANCE_EVERY) => {}
             }
-            if let Some((g, to)) = self.next_transfer() {
+            let all: Vec<NodeId> = self.cluster_nodes().await.keys().copied().collect();
+            if let Some((g, to)) = self.next_transfer(&all) {
                 tracing::info!(
                     group = g,
                     to,
@@ -103,7 +106,7 @@ impl RaftNode {
     }
 
     /// The first group this node leads that its preferred leader should take over.
-    fn next_transfer(&self) -> Option<(u16, NodeId)> {
+    fn next_transfer(&self, all: &[NodeId]) -> Option<(u16, NodeId)> {
         let me = self.inner.id;
         for g in &self.inner.groups {
             let m = g.raft.metrics().borrow_watched().clone();
@@ -116,13 +119,8 @@ impl RaftNode {
             let preferred = if g.id == META_GROUP {
                 sorted.first().copied()
             } else {
-                // The preferred leader among current voters, in bootstrap order over all node ids.
-                let all: Vec<NodeId> = if self.inner.config.peers.is_empty() {
-                    sorted.clone()
-                } else {
-                    self.inner.config.peers.keys().copied().collect()
-                };
-                group_voters(&all, g.id).into_iter().find(|v| voters.contains(v))
+                // The preferred leader among current voters, in placement order over all node ids.
+                group_voters(all, g.id).into_iter().find(|v| voters.contains(v))
             };
             let Some(pref) = preferred else { continue };
             if pref == me {

@@ -139,12 +139,12 @@ impl Worker {
             let Ok(permit) = self.inflight.clone().acquire_owned().await else {
                 break;
             };
-            let mut bytes = first.0.command.len();
+            let mut bytes = first.0.size();
             let mut batch = vec![first];
             while batch.len() < self.cfg.max_commands && bytes < self.cfg.max_bytes {
                 match self.rx.try_recv() {
                     Ok(m) => {
-                        bytes += m.0.command.len();
+                        bytes += m.0.size();
                         batch.push(m);
                     }
                     Err(_) => break,

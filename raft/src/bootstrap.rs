@@ -149,6 +149,10 @@ impl RaftNode {
                 .tasks
                 .spawn(async move { n.init_group_on(target, g, members).await });
         }
+        let n = self.clone();
+        self.inner
+            .tasks
+            .spawn(async move { n.record_initial_nodes().await });
         Ok(())
     }
 

@@ -17,6 +17,7 @@ mod balance;
 pub mod batcher;
 mod bootstrap;
 pub mod error;
+pub mod membership;
 pub mod metrics;
 pub mod net;
 mod network;
@@ -31,6 +32,9 @@ pub use apply::{Apply, ApplyContext, StateTxn, StateView};
 pub use batcher::BatchConfig;
 pub use bootstrap::group_voters;
 pub use error::{NodeError, ProposeError};
+pub use membership::{MembershipChange, MembershipPlan, SystemCommand};
 pub use node::{partition_of, GroupStatus, NodeConfig, RaftNode, Timing};
 pub use state_machine::GroupStateMachine;
-pub use types::{CommandBatch, GroupId, NodeAddr, NodeId, Proposal, ProposalId, TypeConfig, META_GROUP};
+pub use types::{
+    Body, CommandBatch, GroupId, NodeAddr, NodeId, Proposal, ProposalId, TypeConfig, META_GROUP,
+};

@@ -34,6 +34,9 @@ pub trait ClusterNet: Send + Sync + 'static {
 
     /// Stops serving and sending.
     fn shutdown(&self) -> BoxFuture<'static, ()>;
+
+    /// Learns (or updates) the address of node `id` (from raft membership).
+    fn set_peer(&self, id: NodeId, addr: &str);
 }
 
 impl ClusterNet for Transport {
@@ -64,5 +67,17 @@ impl ClusterNet for Transport {
     fn shutdown(&self) -> BoxFuture<'static, ()> {
         let t = self.clone();
         Box::pin(async move { t.shutdown().await })
+    }
+
+    fn set_peer(&self, id: NodeId, addr: &str) {
+        use std::net::ToSocketAddrs;
+        match addr.to_socket_addrs().ok().and_then(|mut a| a.next()) {
+            Some(a) => Transport::set_peer(self, id, a),
+            None => tracing::warn!(
+                node = id,
+                addr,
+                "membership names an address that does not resolve"
+            ),
+        }
     }
 }

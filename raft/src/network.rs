@@ -40,7 +40,9 @@ pub struct GroupNetwork {
 impl RaftNetworkFactory<TypeConfig> for GroupNetworkFactory {
     type Network = GroupNetwork;
 
-    async fn new_client(&mut self, target: NodeId, _node: &NodeAddr) -> GroupNetwork {
+    async fn new_client(&mut self, target: NodeId, node: &NodeAddr) -> GroupNetwork {
+        // Membership carries every node's address: nodes added later become reachable this way.
+        self.net.set_peer(target, &node.cluster);
         GroupNetwork {
             net: self.net.clone(),
             group: self.group,

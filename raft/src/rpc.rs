@@ -24,6 +24,11 @@ pub(crate) enum AdminRequest {
     Hello,
     /// Bootstrap: initialise `group` on the receiver with these voters (only if it has no state).
     InitGroup { members: BTreeMap<NodeId, NodeAddr> },
+    /// Membership plan step, on the group's leader: these voters over these nodes.
+    Reconfigure {
+        voters: std::collections::BTreeSet<NodeId>,
+        nodes: BTreeMap<NodeId, NodeAddr>,
+    },
 }
 
 /// Answer to [`AdminRequest::Hello`].
@@ -92,6 +97,7 @@ async fn dispatch(
                 let r: Result<(), ProposeError> = node.init_group_from_peer(from, g, members).await;
                 encode(&r)
             }
+            req @ AdminRequest::Reconfigure { .. } => encode(&node.reconfigure_local(g, req).await),
         },
         RpcKind::Snapshot => Err("snapshots travel on their own stream".into()),
     }

@@ -20,8 +20,11 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
 use crate::apply::{raft_data_key, Apply, ApplyContext, StateTxn, StateView};
+use crate::membership;
 use crate::metrics::RaftMetrics;
-use crate::types::{BatchResponse, GroupId, LogId, ProposalId, SnapshotMeta, StoredMembership, TypeConfig};
+use crate::types::{
+    BatchResponse, Body, GroupId, LogId, ProposalId, SnapshotMeta, StoredMembership, TypeConfig,
+};
 
 /// The snapshot record kept in the engine: what `get_current_snapshot` returns after a restart.
 #[derive(Serialize, Deserialize)]
@@ -142,7 +145,11 @@ impl GroupStateMachine {
                             index,
                             slot: slot as u32,
                         };
-                        responses.push(self.apply_one(&ctx, p.id, &p.command, &mut txn)?);
+                        let r = match &p.body {
+                            Body::App(command) => self.apply_one(&ctx, p.id, command, &mut txn)?,
+                            Body::System(cmd) => membership::apply_system(s.group, cmd, &mut txn)?,
+                        };
+                        responses.push(r);
                     }
                     commands += batch.commands.len() as u64;
                     BatchResponse { responses }
@@ -201,7 +208,7 @@ impl GroupStateMachine {
             seq: id.seq,
             response: response.clone(),
         };
-        txn.batch.put(key, codec::encode(&rec)?);
+        txn.raw_put(key, codec::encode(&rec)?);
         Ok(response)
     }
 

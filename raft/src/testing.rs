@@ -193,6 +193,8 @@ impl ClusterNet for MemNet {
         })
     }
 
+    fn set_peer(&self, _id: NodeId, _addr: &str) {}
+
     fn shutdown(&self) -> BoxFuture<'static, ()> {
         let router = self.router.clone();
         let me = self.me;

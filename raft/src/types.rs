@@ -32,13 +32,46 @@ pub struct ProposalId {
     pub seq: u64,
 }
 
-/// One command as proposed: opaque bytes for the [`crate::Apply`] implementation.
+/// One command as proposed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Proposal {
     /// Set for commands that must apply at most once although they may be retried.
     pub id: Option<ProposalId>,
-    /// The encoded command.
-    pub command: Bytes,
+    /// The command.
+    pub body: Body,
+}
+
+/// What a proposal carries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Body {
+    /// Opaque bytes for the [`crate::Apply`] implementation.
+    App(Bytes),
+    /// A command of the raft layer itself (meta group: nodes and membership plans).
+    System(crate::membership::SystemCommand),
+}
+
+impl Proposal {
+    /// An application command without idempotency id.
+    pub fn app(command: impl Into<Bytes>) -> Self {
+        Self {
+            id: None,
+            body: Body::App(command.into()),
+        }
+    }
+
+    /// The same proposal with an idempotency id.
+    pub fn with_id(mut self, id: ProposalId) -> Self {
+        self.id = Some(id);
+        self
+    }
+
+    /// Approximate encoded size, for batching limits.
+    pub fn size(&self) -> usize {
+        match &self.body {
+            Body::App(b) => b.len() + 32,
+            Body::System(_) => 256,
+        }
+    }
 }
 
 /// The payload of one raft entry: a batch of commands, applied in order.

@@ -134,10 +134,7 @@ impl TestCluster {
     }
 
     async fn incr(&self, via: NodeId, g: GroupId, key: &str) -> u64 {
-        let p = Proposal {
-            id: None,
-            command: Bytes::copy_from_slice(key.as_bytes()),
-        };
+        let p = Proposal::app(Bytes::copy_from_slice(key.as_bytes()));
         let r = self.nodes[&via].propose(g, p).await.expect("proposal commits");
         u64::from_be_bytes(r.as_ref().try_into().expect("8 bytes"))
     }
@@ -269,18 +266,89 @@ async fn a_retried_proposal_applies_once_and_gets_the_same_response() {
         incarnation: 7,
         seq: 1,
     };
-    let p = Proposal {
-        id: Some(id),
-        command: Bytes::from_static(b"once"),
-    };
+    let p = Proposal::app(Bytes::from_static(b"once")).with_id(id);
     let first = c.nodes[&1].propose(1, p.clone()).await.expect("commit");
     let again = c.nodes[&1].propose(1, p).await.expect("commit");
     assert_eq!(first, again);
     assert_eq!(c.read(1, 1, "once").await, 1);
-    let next = Proposal {
-        id: Some(ProposalId { seq: 2, ..id }),
-        command: Bytes::from_static(b"once"),
-    };
+    let next = Proposal::app(Bytes::from_static(b"once")).with_id(ProposalId { seq: 2, ..id });
     c.nodes[&1].propose(1, next).await.expect("commit");
     assert_eq!(c.read(1, 1, "once").await, 2);
+}
+
+async fn wait_plan_finished(node: &RaftNode, id: u64, within: Duration) -> ironhub_raft::MembershipPlan {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(p) = node.membership_plan().await {
+            if p.id == id && p.finished.is_some() {
+                return p;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "plan not finished within {within:?}: {:?}",
+            node.membership_plan().await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn add_node_then_remove_node_by_plan() {
+    let mut c = TestCluster::start(3, 4, fast_timing()).await;
+    c.wait_all_led(&[1, 2, 3], Duration::from_secs(20)).await;
+    for g in 0..c.groups() {
+        c.incr(1, g, "m").await;
+    }
+    // A fourth node starts empty, listing the cluster and itself; it never bootstraps on its own.
+    c.peers.insert(4, addr(4));
+    c.engines.insert(4, Arc::new(MemEngine::new()));
+    c.dirs.insert(4, tempfile::tempdir().expect("tempdir"));
+    c.boot(4).await;
+    let plan = c.nodes[&2]
+        .add_node(4, addr(4).to_string())
+        .await
+        .expect("plan starts");
+    assert!(
+        c.nodes[&3].add_node(5, addr(5).to_string()).await.is_err(),
+        "one plan at a time"
+    );
+    let done = wait_plan_finished(&c.nodes[&1], plan.id, Duration::from_secs(60)).await;
+    assert_eq!(done.finished, Some(None), "plan succeeded");
+    let nodes = c.nodes[&4].cluster_nodes().await;
+    assert_eq!(nodes.keys().copied().collect::<Vec<_>>(), vec![1, 2, 3, 4]);
+    // Every group now lists node 4 (voter where placement says so, learner elsewhere), and node 4 has the data.
+    let st = c.nodes[&1].status();
+    for g in &st {
+        assert!(
+            g.voters.contains(&4) || g.learners.contains(&4),
+            "group {} lacks node 4: {g:?}",
+            g.group
+        );
+    }
+    assert!(
+        st.iter().filter(|g| g.voters.contains(&4)).count() >= 2,
+        "node 4 votes somewhere: {st:?}"
+    );
+    for g in 0..c.groups() {
+        assert_eq!(c.read(4, g, "m").await, 1, "group {g} replicated to node 4");
+    }
+
+    let plan = c.nodes[&4].remove_node(2).await.expect("remove plan starts");
+    let done = wait_plan_finished(&c.nodes[&4], plan.id, Duration::from_secs(60)).await;
+    assert_eq!(done.finished, Some(None), "plan succeeded: {done:?}");
+    for id in [1, 3, 4] {
+        for g in c.nodes[&id].status() {
+            assert!(
+                !g.voters.contains(&2) && !g.learners.contains(&2),
+                "node 2 still in group {}: {g:?}",
+                g.group
+            );
+        }
+    }
+    c.crash(2).await;
+    c.wait_all_led(&[1, 3, 4], Duration::from_secs(20)).await;
+    for g in 0..c.groups() {
+        assert_eq!(c.incr(3, g, "m").await, 2, "group {g} writable without node 2");
+    }
 }

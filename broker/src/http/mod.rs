@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use bytes::Bytes;
-use ironhub_raft::{partition_of, Proposal, ProposeError, RaftNode};
+use ironhub_raft::{partition_of, MembershipChange, Proposal, ProposeError, RaftNode};
 use ironhub_storage::codec;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -25,8 +25,6 @@ pub struct ApiState {
     pub admin_token: String,
     /// The Prometheus registry served on /metrics.
     pub registry: prometheus::Registry,
-    /// Peers as configured (id → cluster address).
-    pub peers: Vec<(u64, String)>,
 }
 
 /// An API error: becomes a JSON error response.
@@ -85,6 +83,8 @@ type Shared = Arc<ApiState>;
 pub fn router(state: Shared) -> Router {
     let api = Router::new()
         .route("/api/v1/cluster", get(cluster))
+        .route("/api/v1/cluster/nodes", axum::routing::post(add_node))
+        .route("/api/v1/cluster/nodes/{id}", axum::routing::delete(remove_node))
         .route(
             "/api/v1/retained/{*topic}",
             get(get_retained).put(put_retained).delete(delete_retained),
@@ -149,28 +149,40 @@ async fn metrics(State(s): State<Shared>) -> Response {
 struct NodeView {
     id: u64,
     cluster_addr: String,
-    /// True for this node; for others, true if some group lists it and a leader is known.
     this_node: bool,
+}
+
+fn plan_view(p: &ironhub_raft::MembershipPlan, groups: usize) -> serde_json::Value {
+    let change = match &p.change {
+        MembershipChange::AddNode { id, addr } => format!("add node {id} at {}", addr.cluster),
+        MembershipChange::RemoveNode { id } => format!("remove node {id}"),
+    };
+    let state = match &p.finished {
+        None => "running".to_string(),
+        Some(None) => "done".to_string(),
+        Some(Some(e)) => format!("failed: {e}"),
+    };
+    json!({"id": p.id.to_string(), "change": change, "state": state, "groups_done": p.done.len(), "groups_total": groups})
 }
 
 async fn cluster(State(s): State<Shared>) -> Json<serde_json::Value> {
     let groups = s.node.status();
-    let nodes: Vec<NodeView> = if s.peers.is_empty() {
-        vec![NodeView {
-            id: s.node.id(),
-            cluster_addr: s.node.cluster_addr().to_string(),
-            this_node: true,
-        }]
-    } else {
-        s.peers
-            .iter()
-            .map(|(id, addr)| NodeView {
-                id: *id,
-                cluster_addr: addr.clone(),
-                this_node: *id == s.node.id(),
-            })
-            .collect()
-    };
+    let nodes: Vec<NodeView> = s
+        .node
+        .cluster_nodes()
+        .await
+        .into_iter()
+        .map(|(id, addr)| NodeView {
+            id,
+            cluster_addr: addr.cluster,
+            this_node: id == s.node.id(),
+        })
+        .collect();
+    let plan = s
+        .node
+        .membership_plan()
+        .await
+        .map(|p| plan_view(&p, groups.len()));
     let led = groups.iter().filter(|g| g.leader.is_some()).count();
     Json(json!({
         "cluster_id": s.node.cluster_id(),
@@ -180,8 +192,54 @@ async fn cluster(State(s): State<Shared>) -> Json<serde_json::Value> {
         "groups_led": led,
         "nodes": nodes,
         "groups": groups,
-        "plan": null,
+        "plan": plan,
     }))
+}
+
+#[derive(Deserialize)]
+struct AddNodeBody {
+    id: u64,
+    addr: String,
+}
+
+fn bad_plan(e: String) -> ApiError {
+    let status = if e.contains("still running") || e.contains("already") || e.contains("not a member") {
+        StatusCode::CONFLICT
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    ApiError::new(status, "membership", e)
+}
+
+async fn add_node(
+    State(s): State<Shared>,
+    body: Result<Json<AddNodeBody>, axum::extract::rejection::JsonRejection>,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    let Json(b) = body.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_json", e.body_text()))?;
+    if b.id == 0 {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_node",
+            "node ids start at 1",
+        ));
+    }
+    crate::config::resolve(&b.addr).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_addr", e))?;
+    let plan = s.node.add_node(b.id, b.addr).await.map_err(bad_plan)?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(plan_view(&plan, s.node.status().len())),
+    ))
+}
+
+async fn remove_node(
+    State(s): State<Shared>,
+    Path(id): Path<u64>,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    let plan = s.node.remove_node(id).await.map_err(bad_plan)?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(plan_view(&plan, s.node.status().len())),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -226,16 +284,7 @@ async fn set_retained(s: &ApiState, topic: String, payload: Bytes, qos: u8) -> R
         at_ms: now_ms(),
     }
     .encode()?;
-    let raw = s
-        .node
-        .propose(
-            g,
-            Proposal {
-                id: None,
-                command: cmd,
-            },
-        )
-        .await?;
+    let raw = s.node.propose(g, Proposal::app(cmd)).await?;
     Ok(codec::decode(&raw, "command response")?)
 }
 
