@@ -5,6 +5,7 @@ use clap::Parser;
 use ironhub_broker::cli::{Cli, Command, ConfigCommand};
 use ironhub_broker::config::Config;
 use ironhub_broker::{ctl, server};
+use ironhub_raft::NodeError;
 
 fn init_logging(cfg: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("IRONHUB_LOG")
@@ -68,7 +69,16 @@ fn run(fut: impl std::future::Future<Output = anyhow::Result<()>>) -> i32 {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("ironhub: {e:#}");
-            if e.chain().any(|c| c.is::<ironhub_broker::config::ConfigError>()) {
+            let bad_config = |c: &(dyn std::error::Error + 'static)| {
+                c.is::<ironhub_broker::config::ConfigError>()
+                    || c.downcast_ref::<NodeError>().is_some_and(|n| {
+                        matches!(
+                            n,
+                            NodeError::DataDir(_) | NodeError::Config(_) | NodeError::Refused(_)
+                        )
+                    })
+            };
+            if e.chain().any(bad_config) {
                 2
             } else {
                 1

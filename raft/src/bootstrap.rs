@@ -62,29 +62,47 @@ impl RaftNode {
     /// dir or `--peers` is wrong; stop with a message rather than serve a mixed cluster.
     pub(crate) async fn check_peers_cluster(&self) {
         let me = self.inner.id;
-        for peer in self.voter_ids().into_iter().filter(|p| *p != me) {
-            let Ok(body) = codec::encode(&AdminRequest::Hello) else {
-                return;
-            };
-            let r = self
-                .inner
-                .net
-                .call(
-                    peer,
-                    META_GROUP,
-                    RpcKind::Admin,
-                    Bytes::from(body),
-                    Duration::from_secs(2),
-                )
-                .await;
-            if let Err(crate::transport::TransportError::ClusterMismatch { ours, theirs }) = r {
-                let msg = format!(
-                    "data dir {} belongs to cluster {ours}, but peer {peer} belongs to cluster {theirs}: \
-                     wrong --data-dir or --peers?",
-                    self.inner.config.data_dir.display()
-                );
-                self.stop_fatally(msg);
-                return;
+        let Ok(body) = codec::encode(&AdminRequest::Hello) else {
+            return;
+        };
+        let mut unanswered: Vec<NodeId> = self.voter_ids().into_iter().filter(|p| *p != me).collect();
+        // Ask until every configured peer answered once (peers may start after us).
+        while !unanswered.is_empty() {
+            let mut still = Vec::new();
+            for peer in unanswered {
+                let r = self
+                    .inner
+                    .net
+                    .call(
+                        peer,
+                        META_GROUP,
+                        RpcKind::Admin,
+                        Bytes::from(body.clone()),
+                        Duration::from_secs(2),
+                    )
+                    .await;
+                match r {
+                    Err(crate::transport::TransportError::ClusterMismatch { ours, theirs }) => {
+                        let msg = format!(
+                            "data dir {} belongs to cluster {ours}, but peer {peer} belongs to cluster {theirs}: \
+                             wrong --data-dir or --peers?",
+                            self.inner.config.data_dir.display()
+                        );
+                        self.stop_fatally(msg);
+                        return;
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::debug!(peer, "cluster check: {e}");
+                        still.push(peer);
+                    }
+                }
+            }
+            unanswered = still;
+            tokio::select! {
+                _ = self.inner.shutdown.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_secs(1)), if !unanswered.is_empty() => {}
+                else => {}
             }
         }
     }
