@@ -19,9 +19,6 @@ pub const MAX_VALUE: usize = 64 * 1024 * 1024;
 fn config() -> impl bincode::config::Config {
     bincode::config::standard().with_limit::<MAX_VALUE>()
 }
-fn config_nolimit() -> impl bincode::config::Config {
-    bincode::config::standard()
-}
 
 /// Encodes `value` as `[FORMAT_VERSION] ++ bincode`.
 ///
@@ -68,8 +65,7 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, Storag
             format!("unknown storage format version {version}"),
         ));
     }
-    let r = if std::env::var_os("MUT_D").is_some() { bincode::serde::decode_from_slice::<T, _>(body, config_nolimit()) } else { bincode::serde::decode_from_slice::<T, _>(body, config()) };
-    let (value, used) = r
+    let (value, used) = bincode::serde::decode_from_slice::<T, _>(body, config())
         .map_err(|e| StorageError::corrupt(what, format!("undecodable value: {e}")))?;
     if used != body.len() {
         return Err(StorageError::corrupt(
@@ -237,18 +233,21 @@ mod tests {
             return;
         }
         let exe = std::env::current_exe().unwrap();
-        let status = std::process::Command::new(exe)
+        let out = std::process::Command::new(exe)
             .args([
                 "--exact",
                 "codec::tests::random_bytes_never_abort_the_process",
                 "--test-threads=1",
             ])
             .env(CHILD_ENV, "1")
-            .status()
+            .output()
             .unwrap();
         assert!(
-            status.success(),
-            "decoding random bytes killed the child process: {status}"
+            out.status.success(),
+            "decoding random bytes killed the child process: {}\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
         );
     }
 }

@@ -89,6 +89,14 @@ pub fn raft_key(group: GroupId, tag: RaftTag) -> Vec<u8> {
     k
 }
 
+/// `[start, end)` covering every raft bookkeeping record of `group`.
+pub fn raft_range(group: GroupId) -> (Vec<u8>, Vec<u8>) {
+    (
+        group_space(group, SPACE_RAFT, 0),
+        group_space(group, SPACE_RAFT + 1, 0),
+    )
+}
+
 /// The prefix of every application key of `group`.
 pub fn data_prefix(group: GroupId) -> Vec<u8> {
     group_space(group, SPACE_DATA, 0)
@@ -185,6 +193,9 @@ mod tests {
             let gr = group_range(g);
             assert!(within(&log_key(g, 0), &lr) && within(&log_key(g, u64::MAX), &lr));
             assert!(!within(&raft_key(g, RaftTag::Vote), &lr));
+            assert!(within(&raft_key(g, RaftTag::Vote), &raft_range(g)));
+            assert!(within(&raft_key(g, RaftTag::SnapshotMeta), &raft_range(g)));
+            assert!(!within(&data_key(g, b""), &raft_range(g)));
             assert!(within(&data_key(g, b""), &dr) && within(&data_key(g, &[0xFF; 40]), &dr));
             for k in [
                 log_key(g, 5),

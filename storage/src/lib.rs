@@ -15,6 +15,14 @@
 //! - [`error`]: [`StorageError`], the crate's one error type.
 //!
 //! Nothing here knows about MQTT; blocking engine calls never run on a tokio worker thread.
+//!
+//! Wiring on a node: open one [`RocksEngine`] on the data directory and share it as
+//! `Arc<dyn KvEngine>`; start one [`Flusher`] on it; open one [`LogStore`] per raft group with
+//! clones of both. The state machine writes its group's `DATA` range and `RAFT` records directly
+//! through the engine (on a blocking thread), builds snapshots with
+//! [`snapshot::build_snapshot_consistent`] and installs them with [`install_snapshot`]. At start,
+//! [`interrupted_install`] tells whether a group's install was cut short by a crash. On shutdown,
+//! `Flusher::shutdown().await` after the raft groups stop, then drop the engine.
 
 #![warn(missing_docs)]
 
@@ -42,6 +50,7 @@ pub use log_store::LogStore;
 pub use mem::MemEngine;
 pub use rocks::RocksEngine;
 pub use snapshot::build_snapshot;
+pub use snapshot::build_snapshot_consistent;
 pub use snapshot::install_snapshot;
 pub use snapshot::interrupted_install;
 pub use snapshot::read_snapshot_meta;

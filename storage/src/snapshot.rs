@@ -14,6 +14,7 @@
 //! ([`interrupted_install`]) either redoes the install from the retained file — redo is
 //! idempotent — or resets the group and lets the leader resend.
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::BufReader;
 use std::io::BufWriter;
@@ -97,20 +98,63 @@ fn unique_name(group: GroupId) -> String {
     format!("g{group}-{nanos}-{n}-{}.snap", std::process::id())
 }
 
+/// The raft bookkeeping records of a group (`APPLIED`, `MEMBERSHIP`, ...), read from the same
+/// point-in-time view as a snapshot's data.
+#[derive(Debug, Default, Clone)]
+pub struct RaftRecords {
+    records: BTreeMap<u8, Vec<u8>>,
+}
+
+impl RaftRecords {
+    /// The stored value of `tag`, if any.
+    pub fn get(&self, tag: RaftTag) -> Option<&[u8]> {
+        self.records.get(&(tag as u8)).map(Vec::as_slice)
+    }
+}
+
+/// Produces a snapshot's metadata bytes from the group's raft records.
+pub type MetaFn<'a> = dyn FnMut(&RaftRecords) -> Result<Vec<u8>, StorageError> + 'a;
+
 /// Writes a snapshot of `group`'s data range, taken from one consistent view of `engine`, into a
 /// new file in `dir` (created if missing). `meta` is opaque to this crate (the caller's encoded
 /// openraft `SnapshotMeta`). Blocks: run it on a blocking thread.
+///
+/// `meta` must describe the data as of the view this function takes. If the state machine keeps
+/// applying while the snapshot is built, use [`build_snapshot_consistent`] instead.
 pub fn build_snapshot(
     engine: &dyn KvEngine,
     group: GroupId,
     dir: &Path,
     meta: &[u8],
 ) -> Result<SnapshotFile, StorageError> {
+    build(engine, group, dir, false, &mut |_| Ok(meta.to_vec()))
+}
+
+/// Like [`build_snapshot`], but the metadata is made by `meta` from the group's raft records
+/// (`APPLIED`, `MEMBERSHIP`, ...) read from the same point-in-time view as the data, so the
+/// snapshot's last log id matches its data even while apply goes on. This requires the state
+/// machine to write those records in the same batch as the data they describe.
+pub fn build_snapshot_consistent(
+    engine: &dyn KvEngine,
+    group: GroupId,
+    dir: &Path,
+    meta: &mut MetaFn<'_>,
+) -> Result<SnapshotFile, StorageError> {
+    build(engine, group, dir, true, meta)
+}
+
+fn build(
+    engine: &dyn KvEngine,
+    group: GroupId,
+    dir: &Path,
+    with_raft_records: bool,
+    meta: &mut MetaFn<'_>,
+) -> Result<SnapshotFile, StorageError> {
     std::fs::create_dir_all(dir).map_err(|e| io_err("creating snapshot directory", dir, e))?;
     let name = unique_name(group);
     let path = dir.join(&name);
     let tmp = dir.join(format!("{name}.tmp"));
-    let res = write_file(engine, group, &tmp, meta).and_then(|size| {
+    let res = write_file(engine, group, &tmp, with_raft_records, meta).and_then(|size| {
         std::fs::rename(&tmp, &path).map_err(|e| io_err("renaming snapshot into place", &path, e))?;
         File::open(dir)
             .and_then(|d| d.sync_all())
@@ -126,23 +170,56 @@ pub fn build_snapshot(
     }
 }
 
-fn write_file(engine: &dyn KvEngine, group: GroupId, tmp: &Path, meta: &[u8]) -> Result<u64, StorageError> {
+fn write_header<W: Write>(w: &mut CrcWriter<W>, group: GroupId, meta: &[u8]) -> Result<(), std::io::Error> {
+    w.put(MAGIC)?;
+    w.put(&group.to_be_bytes())?;
+    // `meta.len()` was checked against MAX_VALUE by the caller, so it fits a u32.
+    w.put(&(meta.len() as u32).to_be_bytes())?;
+    w.put(meta)
+}
+
+fn write_file(
+    engine: &dyn KvEngine,
+    group: GroupId,
+    tmp: &Path,
+    with_raft_records: bool,
+    meta: &mut MetaFn<'_>,
+) -> Result<u64, StorageError> {
     let file = File::create(tmp).map_err(|e| io_err("creating snapshot file", tmp, e))?;
     let mut w = CrcWriter {
         inner: BufWriter::with_capacity(IO_BUFFER, file),
         crc: crc32fast::Hasher::new(),
     };
     let werr = |e: std::io::Error| io_err("writing snapshot file", tmp, e);
-    w.put(MAGIC).map_err(werr)?;
-    w.put(&group.to_be_bytes()).map_err(werr)?;
-    w.put(&len_u32(meta.len(), "snapshot metadata")?.to_be_bytes())
-        .map_err(werr)?;
-    w.put(meta).map_err(werr)?;
 
-    let prefix_len = keys::data_prefix(group).len();
-    let (start, end) = keys::data_range(group);
+    let data_start = keys::data_prefix(group);
+    let prefix_len = data_start.len();
+    let start = if with_raft_records {
+        keys::raft_range(group).0
+    } else {
+        data_start.clone()
+    };
+    let end = keys::data_range(group).1;
+    let mut raft = RaftRecords::default();
+    let mut header = false;
     let mut count: u64 = 0;
+    let mut put_header = |w: &mut CrcWriter<BufWriter<File>>, raft: &RaftRecords| {
+        let meta = meta(raft)?;
+        len_u32(meta.len(), "snapshot metadata")?;
+        write_header(w, group, &meta).map_err(werr)
+    };
+    // One view: the raft records (RAFT space sorts before DATA), then the data.
     engine.scan_consistent(&start, &end, &mut |key, value| {
+        if key < data_start.as_slice() {
+            if let [_, _, _, tag] = key {
+                raft.records.insert(*tag, value.to_vec());
+            }
+            return Ok(());
+        }
+        if !header {
+            put_header(&mut w, &raft)?;
+            header = true;
+        }
         let rel = key.get(prefix_len..).unwrap_or_default();
         w.put(&len_u32(rel.len(), "snapshot record key")?.to_be_bytes())
             .map_err(werr)?;
@@ -153,6 +230,9 @@ fn write_file(engine: &dyn KvEngine, group: GroupId, tmp: &Path, meta: &[u8]) ->
         count += 1;
         Ok(())
     })?;
+    if !header {
+        put_header(&mut w, &raft)?;
+    }
 
     w.put(&END_OF_RECORDS.to_be_bytes()).map_err(werr)?;
     w.put(&count.to_be_bytes()).map_err(werr)?;
@@ -316,6 +396,9 @@ pub fn verify_snapshot(path: &Path) -> Result<(), StorageError> {
 /// Replaces `group`'s data range with the snapshot in `path`, crash-safely (see the module
 /// docs). `finish` is written in the final synced batch, together with clearing the marker.
 /// Blocks: run it on a blocking thread.
+///
+/// The file is verified before anything is touched, so a corrupt file leaves the group as it
+/// was. Keep the file until this returns: after a crash the marker names it for the redo.
 pub fn install_snapshot(
     engine: &dyn KvEngine,
     group: GroupId,

@@ -36,11 +36,41 @@ fn ids(entries: &[TestEntry]) -> Vec<(u64, u64)> {
         .collect()
 }
 
-/// An engine whose writes wait until the test opens the gate.
+/// An engine whose writes (or, with `gate_flush`, WAL flushes) wait until the test opens the gate.
 struct Gated {
     inner: MemEngine,
+    gate_flush: bool,
     open: parking_lot::Mutex<bool>,
     cv: Condvar,
+}
+
+impl Gated {
+    fn new(gate_flush: bool) -> Arc<Self> {
+        Arc::new(Gated {
+            inner: MemEngine::new(),
+            gate_flush,
+            open: parking_lot::Mutex::new(false),
+            cv: Condvar::new(),
+        })
+    }
+
+    fn wait(&self) {
+        let mut open = self.open.lock();
+        while !*open {
+            self.cv.wait(&mut open);
+        }
+    }
+}
+
+/// Opens the gate when dropped, so a failing test does not leave the flusher blocked (dropping
+/// the last `Flusher` waits for its thread).
+struct OpenOnDrop(Arc<Gated>);
+
+impl Drop for OpenOnDrop {
+    fn drop(&mut self) {
+        *self.0.open.lock() = true;
+        self.0.cv.notify_all();
+    }
 }
 
 impl KvEngine for Gated {
@@ -48,13 +78,15 @@ impl KvEngine for Gated {
         self.inner.get(key)
     }
     fn write(&self, batch: &WriteBatch, sync: bool) -> Result<(), StorageError> {
-        let mut open = self.open.lock();
-        while !*open {
-            self.cv.wait(&mut open);
+        if !self.gate_flush {
+            self.wait();
         }
         self.inner.write(batch, sync)
     }
     fn flush_wal(&self, sync: bool) -> Result<(), StorageError> {
+        if self.gate_flush {
+            self.wait();
+        }
         self.inner.flush_wal(sync)
     }
     fn scan(&self, s: &[u8], e: &[u8], limit: usize) -> Result<Vec<KvPair>, StorageError> {
@@ -67,18 +99,21 @@ impl KvEngine for Gated {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn entries_are_readable_before_their_flush_completes() {
-    let engine = Arc::new(Gated {
-        inner: MemEngine::new(),
-        open: parking_lot::Mutex::new(false),
-        cv: Condvar::new(),
-    });
+    let engine = Gated::new(false);
     let (store, _flusher) = open(engine.clone());
     // A zero-size cache still keeps every entry the flusher has not written yet.
     let mut store = store.with_cache_capacity(0);
+    let _open_on_drop = OpenOnDrop(engine.clone());
     let (tx, mut rx) = TestConfig::oneshot();
-    store.append(vec![blank(1, 1), blank(1, 2)], IOFlushed::signal(tx)).await.unwrap();
+    store
+        .append(vec![blank(1, 1), blank(1, 2)], IOFlushed::signal(tx))
+        .await
+        .unwrap();
     let (tx2, rx2) = TestConfig::oneshot();
-    store.append(vec![blank(1, 3)], IOFlushed::signal(tx2)).await.unwrap();
+    store
+        .append(vec![blank(1, 3)], IOFlushed::signal(tx2))
+        .await
+        .unwrap();
 
     let mut reader = store.get_log_reader().await;
     let got = reader.try_get_log_entries(1..4).await.unwrap();
@@ -99,6 +134,29 @@ async fn entries_are_readable_before_their_flush_completes() {
     append_flushed(&mut store, vec![blank(1, 4)]).await;
     assert!(store.cached_entries() <= 1);
     assert_eq!(reader.try_get_log_entries(..).await.unwrap().len(), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn append_callback_waits_for_the_fsync_not_just_the_write() {
+    let engine = Gated::new(true);
+    let (mut store, _flusher) = open(engine.clone());
+    let _open_on_drop = OpenOnDrop(engine.clone());
+    let (tx, mut rx) = TestConfig::oneshot();
+    store
+        .append(vec![blank(1, 1)], IOFlushed::signal(tx))
+        .await
+        .unwrap();
+    // Wait until the entry is written (unsynced) and the flusher sits in flush_wal.
+    while engine.inner.is_empty() {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let fired = rx.try_recv().is_ok();
+    assert!(!fired, "the callback fired before flush_wal(true) returned");
+
+    *engine.open.lock() = true;
+    engine.cv.notify_all();
+    rx.await.unwrap().unwrap();
 }
 
 #[tokio::test]

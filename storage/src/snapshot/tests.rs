@@ -96,6 +96,46 @@ fn build_then_install_round_trips_between_engines() {
 }
 
 #[test]
+fn consistent_build_takes_meta_and_data_from_one_view() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = RocksEngine::open(&dir.path().join("db")).unwrap();
+    fill(&engine, G, 50, "v1");
+    let mut b = WriteBatch::new();
+    b.put(keys::raft_key(G, RaftTag::Applied), b"applied-1".to_vec());
+    b.put(keys::raft_key(G, RaftTag::Membership), b"members-1".to_vec());
+    engine.write(&b, false).unwrap();
+    let before = data(&engine, G);
+
+    let file = build_snapshot_consistent(&engine, G, &dir.path().join("snaps"), &mut |raft| {
+        // Apply goes on while the snapshot is built: neither this nor the new APPLIED may show.
+        let mut b = WriteBatch::new();
+        b.put(keys::data_key(G, b"k00001"), b"changed".to_vec())
+            .put(keys::data_key(G, b"zz-new"), b"new".to_vec())
+            .put(keys::raft_key(G, RaftTag::Applied), b"applied-2".to_vec());
+        engine.write(&b, false)?;
+        let mut meta = raft.get(RaftTag::Applied).unwrap_or_default().to_vec();
+        meta.extend_from_slice(raft.get(RaftTag::Membership).unwrap_or_default());
+        Ok(meta)
+    })
+    .unwrap();
+    assert_eq!(read_snapshot_meta(&file.path).unwrap(), b"applied-1members-1");
+    let mem = MemEngine::new();
+    install_snapshot(&mem, G, &file.path, WriteBatch::new()).unwrap();
+    assert_eq!(data(&mem, G), before);
+
+    // With no data at all, the header still carries the records.
+    let empty = MemEngine::new();
+    let mut b = WriteBatch::new();
+    b.put(keys::raft_key(G, RaftTag::Applied), b"a".to_vec());
+    empty.write(&b, false).unwrap();
+    let file = build_snapshot_consistent(&empty, G, dir.path(), &mut |raft| {
+        Ok(raft.get(RaftTag::Applied).unwrap_or_default().to_vec())
+    })
+    .unwrap();
+    assert_eq!(read_snapshot_meta(&file.path).unwrap(), b"a");
+}
+
+#[test]
 fn empty_group_snapshot_installs_an_empty_range() {
     let dir = tempfile::tempdir().unwrap();
     let file = build_snapshot(&MemEngine::new(), G, dir.path(), b"m").unwrap();
@@ -224,15 +264,16 @@ fn install_crash_midway_is_redone_from_the_retained_file() {
     };
 
     let exe = std::env::current_exe().unwrap();
-    let status = std::process::Command::new(exe)
+    let out = std::process::Command::new(exe)
         .args([
             "--exact",
             "snapshot::tests::install_crash_midway_is_redone_from_the_retained_file",
         ])
         .args(["--test-threads=1", "--nocapture"])
         .env(CRASH_CHILD_ENV, dir.path())
-        .status()
+        .output()
         .unwrap();
+    let status = out.status;
     assert!(!status.success(), "the child must crash mid-install: {status}");
     assert_ne!(
         status.code(),
