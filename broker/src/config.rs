@@ -25,8 +25,10 @@ pub struct Config {
     pub tls: Tls,
     /// Management API.
     pub api: Api,
-    /// Raft timing and batching.
-    pub raft: Raft,
+    /// Raft timing (`[raft]`).
+    pub raft: Timing,
+    /// Proposal batching (`[batch]`).
+    pub batch: BatchConfig,
     /// Logging.
     pub log: Log,
 }
@@ -93,32 +95,6 @@ pub struct Api {
     pub admin_token: Option<String>,
 }
 
-/// Raft settings.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct Raft {
-    /// Leader heartbeat, ms (default 250).
-    pub heartbeat_ms: u64,
-    /// Election timeout lower bound, ms (default 1000).
-    pub election_min_ms: u64,
-    /// Election timeout upper bound, ms (default 2000).
-    pub election_max_ms: u64,
-    /// Snapshot send/install timeout, ms (default 10000).
-    pub snapshot_timeout_ms: u64,
-    /// Entries applied between snapshots (default 20000).
-    pub snapshot_every: u64,
-    /// Entries kept behind a snapshot for lagging followers (default 10000).
-    pub keep_behind_snapshot: u64,
-    /// Commands per raft entry at most (default 256).
-    pub batch_max_commands: usize,
-    /// Bytes per raft entry at most (default 65536).
-    pub batch_max_bytes: usize,
-    /// Queued proposals per group before "busy" (default 8192).
-    pub batch_queue: usize,
-    /// Raft entries in flight per group (default 32).
-    pub batch_max_inflight: usize,
-}
-
 /// Logging.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -138,7 +114,8 @@ impl Default for Config {
             cluster: Cluster::default(),
             tls: Tls::default(),
             api: Api::default(),
-            raft: Raft::default(),
+            raft: Timing::default(),
+            batch: BatchConfig::default(),
             log: Log::default(),
         }
     }
@@ -169,25 +146,6 @@ impl Default for Cluster {
             key: None,
             insecure_dev: false,
             partitions: 16,
-        }
-    }
-}
-
-impl Default for Raft {
-    fn default() -> Self {
-        let t = Timing::default();
-        let b = BatchConfig::default();
-        Self {
-            heartbeat_ms: t.heartbeat_ms,
-            election_min_ms: t.election_min_ms,
-            election_max_ms: t.election_max_ms,
-            snapshot_timeout_ms: t.snapshot_timeout_ms,
-            snapshot_every: t.snapshot_every,
-            keep_behind_snapshot: t.keep_behind_snapshot,
-            batch_max_commands: b.max_commands,
-            batch_max_bytes: b.max_bytes,
-            batch_queue: b.queue,
-            batch_max_inflight: b.max_inflight,
         }
     }
 }
@@ -298,18 +256,23 @@ impl Config {
         if r.heartbeat_ms == 0
             || r.election_min_ms <= r.heartbeat_ms * 2
             || r.election_max_ms <= r.election_min_ms
+            || r.election_min_ms * 2 < r.election_max_ms
         {
             return Err(err(
                 "raft.election_min_ms",
-                "need 0 < heartbeat_ms, election_min_ms > 2 × heartbeat_ms, election_max_ms > election_min_ms",
+                "need 0 < heartbeat_ms, election_min_ms > 2 × heartbeat_ms, and election_min_ms < election_max_ms \
+                 ≤ 2 × election_min_ms (failover takes up to 2 × election_max_ms; see docs/architecture.md)",
             ));
         }
-        if r.batch_max_commands == 0
-            || r.batch_queue == 0
-            || r.batch_max_inflight == 0
-            || r.batch_max_bytes == 0
-        {
-            return Err(err("raft.batch_queue", "batch limits must be at least 1"));
+        let b = &self.batch;
+        if b.max_commands == 0 || b.queue == 0 || b.max_inflight == 0 || b.max_bytes == 0 {
+            return Err(err(
+                "batch.queue",
+                "batch limits must be at least 1 (see docs/architecture.md)",
+            ));
+        }
+        if r.snapshot_every == 0 {
+            return Err(err("raft.snapshot_every", "must be at least 1 (default 20000)"));
         }
         if !matches!(self.log.format.as_str(), "text" | "json") {
             return Err(err("log.format", "use `text` or `json`"));
@@ -326,30 +289,6 @@ impl Config {
         match peers.get(&self.node_id) {
             Some(a) => Ok(*a),
             None => Ok(SocketAddr::from(([127, 0, 0, 1], 17000))),
-        }
-    }
-
-    /// Raft timing from this config.
-    pub fn timing(&self) -> Timing {
-        let r = &self.raft;
-        Timing {
-            heartbeat_ms: r.heartbeat_ms,
-            election_min_ms: r.election_min_ms,
-            election_max_ms: r.election_max_ms,
-            snapshot_timeout_ms: r.snapshot_timeout_ms,
-            snapshot_every: r.snapshot_every,
-            keep_behind_snapshot: r.keep_behind_snapshot,
-        }
-    }
-
-    /// Batching limits from this config.
-    pub fn batch(&self) -> BatchConfig {
-        let r = &self.raft;
-        BatchConfig {
-            max_commands: r.batch_max_commands,
-            max_bytes: r.batch_max_bytes,
-            queue: r.batch_queue,
-            max_inflight: r.batch_max_inflight,
         }
     }
 

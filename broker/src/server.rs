@@ -98,8 +98,8 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         peers: peers.clone(),
         security,
         partitions: cfg.cluster.partitions,
-        timing: cfg.timing(),
-        batch: cfg.batch(),
+        timing: cfg.raft.clone(),
+        batch: cfg.batch.clone(),
     };
     let node = RaftNode::start(node_cfg, Arc::new(HubState), &registry)
         .await

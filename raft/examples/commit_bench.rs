@@ -54,7 +54,7 @@ fn counter(reg: &prometheus::Registry, name: &str) -> f64 {
         .flat_map(|f| {
             f.get_metric()
                 .iter()
-                .map(|m| m.get_counter().value())
+                .map(|m| m.get_counter().get_value())
                 .collect::<Vec<_>>()
         })
         .sum()

@@ -22,8 +22,9 @@ use crate::error::ProposeError;
 use crate::metrics::RaftMetrics;
 use crate::types::{CommandBatch, GroupId, GroupRaft, Proposal};
 
-/// Limits of one group's batcher.
-#[derive(Debug, Clone)]
+/// Limits of one group's batcher (the `[batch]` section of the configuration file).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct BatchConfig {
     /// Commands per raft entry at most (default 256).
     pub max_commands: usize,
@@ -33,6 +34,14 @@ pub struct BatchConfig {
     pub queue: usize,
     /// Entries proposed but not yet applied at most (default 32).
     pub max_inflight: usize,
+    /// How long a busy group waits for more commands before proposing an entry, µs (default 1000).
+    pub linger_us: u64,
+}
+
+impl BatchConfig {
+    fn linger(&self) -> std::time::Duration {
+        std::time::Duration::from_micros(self.linger_us)
+    }
 }
 
 impl Default for BatchConfig {
@@ -42,6 +51,7 @@ impl Default for BatchConfig {
             max_bytes: 64 * 1024,
             queue: 8192,
             max_inflight: 32,
+            linger_us: 1000,
         }
     }
 }
@@ -141,13 +151,25 @@ impl Worker {
             };
             let mut bytes = first.0.size();
             let mut batch = vec![first];
+            // Idle group (nothing else in flight): go at once. Busy: linger up to `linger` so the
+            // entry carries more commands (fewer entries, appends and fsyncs per command).
+            let busy = self.inflight.available_permits() + 1 < self.cfg.max_inflight;
+            let deadline = tokio::time::Instant::now() + self.cfg.linger();
             while batch.len() < self.cfg.max_commands && bytes < self.cfg.max_bytes {
-                match self.rx.try_recv() {
-                    Ok(m) => {
+                let next = match self.rx.try_recv() {
+                    Ok(m) => Some(m),
+                    Err(_) if busy => tokio::time::timeout_at(deadline, self.rx.recv())
+                        .await
+                        .ok()
+                        .flatten(),
+                    Err(_) => None,
+                };
+                match next {
+                    Some(m) => {
                         bytes += m.0.size();
                         batch.push(m);
                     }
-                    Err(_) => break,
+                    None => break,
                 }
             }
             let (commands, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();

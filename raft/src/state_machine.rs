@@ -225,16 +225,31 @@ impl GroupStateMachine {
 
     fn build(&self) -> Result<(SnapshotMeta, SnapshotFile), StorageError> {
         let s = &self.shared;
-        let _guard = s.lock.lock();
         let started = Instant::now();
-        // Applied state must be durable before a snapshot lets the log behind it be purged.
+        // The data and its applied log id / membership come from one point-in-time view (apply
+        // writes them in one batch), so apply goes on while the file is written.
+        let mut meta = None;
+        let file = snapshot::build_snapshot_consistent(s.engine.as_ref(), s.group, &s.dir, &mut |records| {
+            let last_log_id: Option<LogId> = match records.get(keys::RaftTag::Applied) {
+                Some(v) => codec::decode(v, "applied log id")?,
+                None => None,
+            };
+            let last_membership: StoredMembership = match records.get(keys::RaftTag::Membership) {
+                Some(v) => codec::decode(v, "applied membership")?,
+                None => StoredMembership::default(),
+            };
+            let m = SnapshotMeta {
+                last_log_id,
+                last_membership,
+            };
+            let bytes = codec::encode(&m)?;
+            meta = Some(m);
+            Ok(bytes)
+        })?;
+        let meta = meta.ok_or_else(|| StorageError::corrupt("snapshot build", "no metadata was produced"))?;
+        // Everything in the view is in the WAL before this point: make it durable before the
+        // snapshot lets the log behind it be purged.
         s.engine.flush_wal(true)?;
-        let (last_log_id, last_membership) = self.read_applied()?;
-        let meta = SnapshotMeta {
-            last_log_id,
-            last_membership,
-        };
-        let file = snapshot::build_snapshot(s.engine.as_ref(), s.group, &s.dir, &codec::encode(&meta)?)?;
         let rec = CurrentSnapshot {
             meta: meta.clone(),
             path: file.path.display().to_string(),
@@ -245,7 +260,23 @@ impl GroupStateMachine {
             keys::raft_key(s.group, keys::RaftTag::SnapshotMeta),
             codec::encode(&rec)?,
         );
+        // An install may have replaced the state meanwhile: never let an older snapshot win.
+        let _guard = s.lock.lock();
         let previous = self.current()?;
+        if let Some(prev) = previous
+            .as_ref()
+            .filter(|p| p.meta.last_log_id >= meta.last_log_id)
+        {
+            let _ = std::fs::remove_file(&file.path);
+            let path = PathBuf::from(&prev.path);
+            return Ok((
+                prev.meta.clone(),
+                SnapshotFile {
+                    path,
+                    size: prev.size,
+                },
+            ));
+        }
         s.engine.write(&b, true)?;
         self.remove_old(previous, &file.path);
         s.metrics
