@@ -28,7 +28,7 @@ run: build
 ## The whole test suite (unit, storage suites, in-process cluster, real processes), release mode.
 test: deps
 	cargo build --release --workspace
-	IRONHUB_BIN=$(BIN)/ironhub cargo test --release --workspace -- --test-threads=2
+	cargo test --release --workspace -- --test-threads=2
 
 ## rustfmt and clippy.
 lint:

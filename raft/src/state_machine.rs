@@ -178,6 +178,17 @@ impl GroupStateMachine {
         Ok(out)
     }
 
+    /// Applies `entries` exactly as [`RaftStateMachine::apply`] does and returns the response each
+    /// entry's responder would get (tests only: openraft's `ApplyResponder` cannot be built
+    /// outside openraft). Blocks: call it from a blocking context or a test.
+    #[doc(hidden)]
+    pub fn apply_for_test(
+        &self,
+        entries: &[openraft::alias::EntryOf<TypeConfig>],
+    ) -> Result<Vec<BatchResponse>, StorageError> {
+        self.apply_entries(entries)
+    }
+
     fn apply_one(
         &self,
         ctx: &ApplyContext,
