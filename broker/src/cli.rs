@@ -177,10 +177,8 @@ impl ServeArgs {
                     key: "config",
                     problem: format!("cannot read {}: {e}", path.display()),
                 })?;
-                toml::from_str::<Config>(&text).map_err(|e| ConfigError {
-                    key: "config",
-                    problem: format!("{}: {e}", path.display()),
-                })?
+                toml::from_str::<Config>(&text)
+                    .map_err(|e| ConfigError { key: "config", problem: format!("{}: {e}", path.display()) })?
             }
             None => Config::default(),
         };

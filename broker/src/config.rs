@@ -152,10 +152,7 @@ impl Default for Cluster {
 
 impl Default for Log {
     fn default() -> Self {
-        Self {
-            format: "text".into(),
-            level: "info".into(),
-        }
+        Self { format: "text".into(), level: "info".into() }
     }
 }
 
@@ -170,10 +167,7 @@ pub struct ConfigError {
 }
 
 fn err(key: &'static str, problem: impl Into<String>) -> ConfigError {
-    ConfigError {
-        key,
-        problem: problem.into(),
-    }
+    ConfigError { key, problem: problem.into() }
 }
 
 /// Parses `"1=HOST:PORT,2=HOST:PORT"`.
@@ -237,10 +231,7 @@ impl Config {
         if self.cluster.ca.is_some() != self.cluster.cert.is_some()
             || self.cluster.cert.is_some() != self.cluster.key.is_some()
         {
-            return Err(err(
-                "cluster.ca",
-                "--cluster-ca, --cluster-cert and --cluster-key go together",
-            ));
+            return Err(err("cluster.ca", "--cluster-ca, --cluster-cert and --cluster-key go together"));
         }
         if self.cluster.partitions == 0 || self.cluster.partitions > 1024 {
             return Err(err("cluster.partitions", "must be 1..=1024 (default 16)"));
@@ -266,10 +257,7 @@ impl Config {
         }
         let b = &self.batch;
         if b.max_commands == 0 || b.queue == 0 || b.max_inflight == 0 || b.max_bytes == 0 {
-            return Err(err(
-                "batch.queue",
-                "batch limits must be at least 1 (see docs/architecture.md)",
-            ));
+            return Err(err("batch.queue", "batch limits must be at least 1 (see docs/architecture.md)"));
         }
         if r.snapshot_every == 0 {
             return Err(err("raft.snapshot_every", "must be at least 1 (default 20000)"));
@@ -324,10 +312,7 @@ mod tests {
         let p = parse_peers("1=127.0.0.1:1,2=127.0.0.1:2").expect("parse");
         assert_eq!(p.len(), 2);
         assert_eq!(parse_peers("1=x").unwrap_err().key, "cluster.peers");
-        assert!(parse_peers("1=127.0.0.1:1,1=127.0.0.1:2")
-            .unwrap_err()
-            .problem
-            .contains("twice"));
+        assert!(parse_peers("1=127.0.0.1:1,1=127.0.0.1:2").unwrap_err().problem.contains("twice"));
     }
 
     #[test]

@@ -8,11 +8,9 @@ use serde_json::Value;
 use crate::cli::{ClusterCommand, CtlArgs, CtlCommand};
 
 fn token(args: &CtlArgs) -> Option<String> {
-    args.token.clone().or_else(|| {
-        std::fs::read_to_string("data/admin-token")
-            .ok()
-            .map(|t| t.trim().to_string())
-    })
+    args.token
+        .clone()
+        .or_else(|| std::fs::read_to_string("data/admin-token").ok().map(|t| t.trim().to_string()))
 }
 
 async fn get_json(args: &CtlArgs, path: &str) -> anyhow::Result<Value> {
@@ -33,20 +31,12 @@ async fn send_json(
     if let Some(t) = token(args) {
         req = req.bearer_auth(t);
     }
-    let resp = req
-        .send()
-        .await
-        .with_context(|| format!("cannot reach {url}: is the node running? (--api URL)"))?;
+    let resp =
+        req.send().await.with_context(|| format!("cannot reach {url}: is the node running? (--api URL)"))?;
     let status = resp.status();
-    let body: Value = resp
-        .json()
-        .await
-        .with_context(|| format!("{url} did not answer JSON"))?;
+    let body: Value = resp.json().await.with_context(|| format!("{url} did not answer JSON"))?;
     if !status.is_success() {
-        let msg = body
-            .pointer("/error/message")
-            .and_then(Value::as_str)
-            .unwrap_or("");
+        let msg = body.pointer("/error/message").and_then(Value::as_str).unwrap_or("");
         bail!("{url}: {status}: {msg}");
     }
     Ok(body)
@@ -55,9 +45,7 @@ async fn send_json(
 /// Runs one `ironhub ctl` command.
 pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
     match &args.command {
-        CtlCommand::Cluster {
-            command: ClusterCommand::Status { json },
-        } => {
+        CtlCommand::Cluster { command: ClusterCommand::Status { json } } => {
             let v = get_json(&args, "/api/v1/cluster").await?;
             if *json {
                 println!("{}", serde_json::to_string_pretty(&v)?);
@@ -66,23 +54,15 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
             print_status(&v);
             Ok(())
         }
-        CtlCommand::Cluster {
-            command: ClusterCommand::AddNode { id, addr },
-        } => {
+        CtlCommand::Cluster { command: ClusterCommand::AddNode { id, addr } } => {
             let body = serde_json::json!({"id": id, "addr": addr});
             let plan = send_json(&args, reqwest::Method::POST, "/api/v1/cluster/nodes", Some(body)).await?;
             follow_plan(&args, &plan).await
         }
-        CtlCommand::Cluster {
-            command: ClusterCommand::RemoveNode { id },
-        } => {
-            let plan = send_json(
-                &args,
-                reqwest::Method::DELETE,
-                &format!("/api/v1/cluster/nodes/{id}"),
-                None,
-            )
-            .await?;
+        CtlCommand::Cluster { command: ClusterCommand::RemoveNode { id } } => {
+            let plan =
+                send_json(&args, reqwest::Method::DELETE, &format!("/api/v1/cluster/nodes/{id}"), None)
+                    .await?;
             follow_plan(&args, &plan).await
         }
         CtlCommand::Certs { out, nodes } => certs(out, nodes),
@@ -119,11 +99,7 @@ async fn follow_plan(args: &CtlArgs, plan: &Value) -> anyhow::Result<()> {
 }
 
 fn print_status(v: &Value) {
-    let s = |p: &str| {
-        v.pointer(p)
-            .map(|x| x.to_string().trim_matches('"').to_string())
-            .unwrap_or_default()
-    };
+    let s = |p: &str| v.pointer(p).map(|x| x.to_string().trim_matches('"').to_string()).unwrap_or_default();
     println!(
         "cluster {}  (answered by node {}, healthy: {})",
         s("/cluster_id"),
@@ -132,17 +108,10 @@ fn print_status(v: &Value) {
     );
     if let Some(nodes) = v.get("nodes").and_then(Value::as_array) {
         for n in nodes {
-            println!(
-                "  node {:>3}  {}",
-                n["id"],
-                n["cluster_addr"].as_str().unwrap_or("")
-            );
+            println!("  node {:>3}  {}", n["id"], n["cluster_addr"].as_str().unwrap_or(""));
         }
     }
-    println!(
-        "{:>6} {:>7} {:>6} {:>10} {:>10}  voters",
-        "group", "leader", "term", "last_log", "applied"
-    );
+    println!("{:>6} {:>7} {:>6} {:>10} {:>10}  voters", "group", "leader", "term", "last_log", "applied");
     if let Some(groups) = v.get("groups").and_then(Value::as_array) {
         for g in groups {
             let opt = |k: &str| {
@@ -168,9 +137,7 @@ fn print_status(v: &Value) {
 fn certs(out: &PathBuf, nodes: &str) -> anyhow::Result<()> {
     let mut list = Vec::new();
     for part in nodes.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let (id, host) = part
-            .split_once('=')
-            .with_context(|| format!("`{part}` is not ID=HOST"))?;
+        let (id, host) = part.split_once('=').with_context(|| format!("`{part}` is not ID=HOST"))?;
         let id: u64 = id.parse().with_context(|| format!("`{id}` is not a node id"))?;
         list.push((id, vec![host.to_string()]));
     }

@@ -10,9 +10,7 @@ use ironhub_raft::NodeError;
 fn init_logging(cfg: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("IRONHUB_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cfg.log.level));
-    let b = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     if cfg.log.format == "json" {
         b.json().init();
     } else {
@@ -24,9 +22,7 @@ fn main() {
     let cli = Cli::parse();
     let _ = rustls::crypto::ring::default_provider().install_default();
     let code = match cli.command {
-        Command::Config {
-            command: ConfigCommand::Print(args),
-        } => match args.load() {
+        Command::Config { command: ConfigCommand::Print(args) } => match args.load() {
             Ok(cfg) => match cfg.to_toml_redacted() {
                 Ok(t) => {
                     print!("{t}");
@@ -72,10 +68,7 @@ fn run(fut: impl std::future::Future<Output = anyhow::Result<()>>) -> i32 {
             let bad_config = |c: &(dyn std::error::Error + 'static)| {
                 c.is::<ironhub_broker::config::ConfigError>()
                     || c.downcast_ref::<NodeError>().is_some_and(|n| {
-                        matches!(
-                            n,
-                            NodeError::DataDir(_) | NodeError::Config(_) | NodeError::Refused(_)
-                        )
+                        matches!(n, NodeError::DataDir(_) | NodeError::Config(_) | NodeError::Refused(_))
                     })
             };
             if e.chain().any(bad_config) {

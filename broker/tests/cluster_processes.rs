@@ -12,11 +12,7 @@ use serde_json::json;
 
 async fn write(node: &Node, topic: &str, payload: &str) -> bool {
     matches!(
-        put(
-            &node.url(&format!("/api/v1/retained/{topic}")),
-            json!({"payload": payload, "qos": 1})
-        )
-        .await,
+        put(&node.url(&format!("/api/v1/retained/{topic}")), json!({"payload": payload, "qos": 1})).await,
         Some((200, _))
     )
 }
@@ -51,12 +47,7 @@ async fn three_nodes_survive_kill9_of_a_leader_and_lose_nothing_acknowledged() {
     }
     c.start_all();
     for n in &c.nodes {
-        assert!(
-            wait_healthy(n, Duration::from_secs(60)).await,
-            "node {} not healthy:\n{}",
-            n.id,
-            c.logs()
-        );
+        assert!(wait_healthy(n, Duration::from_secs(60)).await, "node {} not healthy:\n{}", n.id, c.logs());
     }
     let led = wait_all_led(&c.nodes[0], &[1, 2, 3], Duration::from_secs(60)).await;
     let led = led.unwrap_or_else(|| panic!("groups not led:\n{}", c.logs()));
@@ -65,11 +56,7 @@ async fn three_nodes_survive_kill9_of_a_leader_and_lose_nothing_acknowledged() {
     for l in &led {
         *per_node.entry(*l).or_default() += 1;
     }
-    assert_eq!(
-        per_node.len(),
-        3,
-        "leaders spread over the three nodes: {per_node:?}"
-    );
+    assert_eq!(per_node.len(), 3, "leaders spread over the three nodes: {per_node:?}");
 
     // Acknowledged writes through every node.
     let mut acked: BTreeMap<String, String> = BTreeMap::new();
@@ -85,36 +72,23 @@ async fn three_nodes_survive_kill9_of_a_leader_and_lose_nothing_acknowledged() {
     }
 
     // kill -9 the node leading the most groups.
-    let victim = *per_node
-        .iter()
-        .max_by_key(|(_, n)| **n)
-        .map(|(id, _)| id)
-        .expect("a leader");
+    let victim = *per_node.iter().max_by_key(|(_, n)| **n).map(|(id, _)| id).expect("a leader");
     c.node(victim).kill9();
     let alive: Vec<u64> = (1..=3).filter(|i| *i != victim).collect();
     let t0 = Instant::now();
     let observer = &c.nodes[(alive[0] - 1) as usize];
     assert!(
-        wait_all_led(observer, &alive, Duration::from_secs(30))
-            .await
-            .is_some(),
+        wait_all_led(observer, &alive, Duration::from_secs(30)).await.is_some(),
         "not re-led:\n{}",
         c.logs()
     );
-    eprintln!(
-        "all 17 groups led again {:?} after kill -9 of node {victim}",
-        t0.elapsed()
-    );
+    eprintln!("all 17 groups led again {:?} after kill -9 of node {victim}", t0.elapsed());
 
     // Writes resume, and every acknowledged value is still there.
     let survivors: Vec<&Node> = alive.iter().map(|id| &c.nodes[(*id - 1) as usize]).collect();
     // Mostly one hot topic, so its partition's log passes `snapshot_every` and gets purged.
     for i in 60..360 {
-        let topic = if i % 4 == 0 {
-            format!("t/{}", i % 90)
-        } else {
-            "hot/topic".to_string()
-        };
+        let topic = if i % 4 == 0 { format!("t/{}", i % 90) } else { "hot/topic".to_string() };
         let payload = format!("v{i}");
         assert!(
             write_acked(&survivors, &topic, &payload, Duration::from_secs(20)).await,
@@ -133,15 +107,9 @@ async fn three_nodes_survive_kill9_of_a_leader_and_lose_nothing_acknowledged() {
     // The killed node restarts and catches up (its groups' logs were purged behind snapshots).
     c.start(victim);
     let back = &c.nodes[(victim - 1) as usize];
+    assert!(wait_healthy(back, Duration::from_secs(60)).await, "restart:\n{}", c.logs());
     assert!(
-        wait_healthy(back, Duration::from_secs(60)).await,
-        "restart:\n{}",
-        c.logs()
-    );
-    assert!(
-        wait_all_led(back, &[1, 2, 3], Duration::from_secs(60))
-            .await
-            .is_some(),
+        wait_all_led(back, &[1, 2, 3], Duration::from_secs(60)).await.is_some(),
         "restart:\n{}",
         c.logs()
     );
@@ -153,22 +121,14 @@ async fn three_nodes_survive_kill9_of_a_leader_and_lose_nothing_acknowledged() {
         );
     }
     let (_, v) = get(&back.url("/api/v1/cluster")).await.expect("cluster");
-    let snapshots = v["groups"]
-        .as_array()
-        .expect("groups")
-        .iter()
-        .filter(|g| !g["snapshot"].is_null())
-        .count();
+    let snapshots =
+        v["groups"].as_array().expect("groups").iter().filter(|g| !g["snapshot"].is_null()).count();
     assert!(snapshots > 0, "the restarted node holds snapshots: {v}");
 
     // Graceful shutdown.
     for id in 1..=3 {
         let st = c.node(id).sigterm();
-        assert!(
-            st.is_some_and(|s| s.success()),
-            "node {id} stops cleanly on SIGTERM:\n{}",
-            c.logs()
-        );
+        assert!(st.is_some_and(|s| s.success()), "node {id} stops cleanly on SIGTERM:\n{}", c.logs());
     }
 }
 
@@ -182,42 +142,24 @@ async fn a_wrong_cluster_secret_is_refused() {
     // Node 1 cannot reach a majority it can authenticate: no cluster is formed.
     tokio::time::sleep(Duration::from_secs(4)).await;
     let (_, v) = get(&c.nodes[0].url("/api/v1/cluster")).await.expect("cluster");
-    assert!(
-        v["cluster_id"].is_null(),
-        "no cluster with an unauthenticated peer: {v}"
-    );
+    assert!(v["cluster_id"].is_null(), "no cluster with an unauthenticated peer: {v}");
     let logs = c.logs();
-    assert!(
-        logs.to_lowercase().contains("secret"),
-        "a log names the secret problem:\n{logs}"
-    );
+    assert!(logs.to_lowercase().contains("secret"), "a log names the secret problem:\n{logs}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_single_node_keeps_committed_writes_across_kill9() {
     let mut c = Cluster::new(1);
     c.start_all();
-    assert!(
-        wait_healthy(&c.nodes[0], Duration::from_secs(30)).await,
-        "{}",
-        c.logs()
-    );
-    assert!(wait_all_led(&c.nodes[0], &[1], Duration::from_secs(30))
-        .await
-        .is_some());
+    assert!(wait_healthy(&c.nodes[0], Duration::from_secs(30)).await, "{}", c.logs());
+    assert!(wait_all_led(&c.nodes[0], &[1], Duration::from_secs(30)).await.is_some());
     for i in 0..200 {
         assert!(write(&c.nodes[0], &format!("s/{i}"), &format!("p{i}")).await);
     }
     c.node(1).kill9();
     c.start(1);
-    assert!(
-        wait_healthy(&c.nodes[0], Duration::from_secs(30)).await,
-        "{}",
-        c.logs()
-    );
-    assert!(wait_all_led(&c.nodes[0], &[1], Duration::from_secs(30))
-        .await
-        .is_some());
+    assert!(wait_healthy(&c.nodes[0], Duration::from_secs(30)).await, "{}", c.logs());
+    assert!(wait_all_led(&c.nodes[0], &[1], Duration::from_secs(30)).await.is_some());
     for i in 0..200 {
         assert_eq!(read(&c.nodes[0], &format!("s/{i}")).await, Some(format!("p{i}")));
     }
@@ -244,42 +186,21 @@ async fn add_node_and_remove_node_with_ctl() {
     for id in 1..=3 {
         c.node(id).start(&first_three, SECRET);
     }
-    assert!(
-        wait_all_led(&c.nodes[0], &[1, 2, 3], Duration::from_secs(60))
-            .await
-            .is_some(),
-        "{}",
-        c.logs()
-    );
+    assert!(wait_all_led(&c.nodes[0], &[1, 2, 3], Duration::from_secs(60)).await.is_some(), "{}", c.logs());
     assert!(write_acked(&[&c.nodes[0]], "before/add", "x", Duration::from_secs(10)).await);
     c.node(4).start(&all_four, SECRET);
-    assert!(
-        wait_healthy(&c.nodes[3], Duration::from_secs(30)).await,
-        "{}",
-        c.logs()
-    );
+    assert!(wait_healthy(&c.nodes[3], Duration::from_secs(30)).await, "{}", c.logs());
 
     let addr4 = format!("127.0.0.1:{}", c.nodes[3].cluster_port);
     let out = ctl(&c.nodes[1], &["cluster", "add-node", "4", &addr4]);
-    assert!(
-        out.status.success(),
-        "add-node failed: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        c.logs()
-    );
+    assert!(out.status.success(), "add-node failed: {}\n{}", String::from_utf8_lossy(&out.stderr), c.logs());
     let (_, v) = get(&c.nodes[0].url("/api/v1/cluster")).await.expect("cluster");
     assert_eq!(v["nodes"].as_array().map(|a| a.len()), Some(4), "{v}");
     let groups = v["groups"].as_array().expect("groups");
-    let with4 = groups
-        .iter()
-        .filter(|g| g["voters"].as_array().is_some_and(|vs| vs.iter().any(|x| x == 4)))
-        .count();
+    let with4 =
+        groups.iter().filter(|g| g["voters"].as_array().is_some_and(|vs| vs.iter().any(|x| x == 4))).count();
     assert!(with4 >= 2, "node 4 votes in some groups: {v}");
-    assert_eq!(
-        read(&c.nodes[3], "before/add").await.as_deref(),
-        Some("x"),
-        "node 4 has the data"
-    );
+    assert_eq!(read(&c.nodes[3], "before/add").await.as_deref(), Some("x"), "node 4 has the data");
 
     let out = ctl(&c.nodes[3], &["cluster", "remove-node", "1"]);
     assert!(
@@ -294,20 +215,6 @@ async fn add_node_and_remove_node_with_ctl() {
         assert!(!lists("voters") && !lists("learners"), "node 1 still in {g}");
     }
     c.node(1).kill9();
-    assert!(
-        wait_all_led(&c.nodes[1], &[2, 3, 4], Duration::from_secs(30))
-            .await
-            .is_some(),
-        "{}",
-        c.logs()
-    );
-    assert!(
-        write_acked(
-            &[&c.nodes[1], &c.nodes[2]],
-            "after/remove",
-            "y",
-            Duration::from_secs(20)
-        )
-        .await
-    );
+    assert!(wait_all_led(&c.nodes[1], &[2, 3, 4], Duration::from_secs(30)).await.is_some(), "{}", c.logs());
+    assert!(write_acked(&[&c.nodes[1], &c.nodes[2]], "after/remove", "y", Duration::from_secs(20)).await);
 }

@@ -24,19 +24,9 @@ fn wait_exit(node: &mut Node, within: Duration) -> (Option<i32>, String) {
 
 async fn make_single_node_dir(c: &mut Cluster) {
     c.start_all();
-    assert!(
-        wait_healthy(&c.nodes[0], Duration::from_secs(30)).await,
-        "{}",
-        c.logs()
-    );
-    assert!(wait_all_led(&c.nodes[0], &[1], Duration::from_secs(30))
-        .await
-        .is_some());
-    assert!(
-        c.node(1).sigterm().is_some_and(|s| s.success()),
-        "clean stop:\n{}",
-        c.logs()
-    );
+    assert!(wait_healthy(&c.nodes[0], Duration::from_secs(30)).await, "{}", c.logs());
+    assert!(wait_all_led(&c.nodes[0], &[1], Duration::from_secs(30)).await.is_some());
+    assert!(c.node(1).sigterm().is_some_and(|s| s.success()), "clean stop:\n{}", c.logs());
 }
 
 fn poke(dir: &std::path::Path, name: &str, value: Vec<u8>) {
@@ -72,11 +62,7 @@ async fn a_newer_format_is_refused() {
 async fn a_corrupt_value_is_an_error_not_a_crash() {
     let mut c = Cluster::new(1);
     make_single_node_dir(&mut c).await;
-    poke(
-        &c.nodes[0].data,
-        "partitions",
-        vec![1, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x0f],
-    );
+    poke(&c.nodes[0].data, "partitions", vec![1, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x0f]);
     c.start(1);
     let (code, log) = wait_exit(c.node(1), Duration::from_secs(20));
     assert_eq!(code, Some(1), "a runtime failure, not a panic or abort:\n{log}");
@@ -90,13 +76,7 @@ async fn a_data_dir_of_another_cluster_is_refused() {
     let mut b = Cluster::new(2);
     for c in [&mut a, &mut b] {
         c.start_all();
-        assert!(
-            wait_all_led(&c.nodes[0], &[1, 2], Duration::from_secs(60))
-                .await
-                .is_some(),
-            "{}",
-            c.logs()
-        );
+        assert!(wait_all_led(&c.nodes[0], &[1, 2], Duration::from_secs(60)).await.is_some(), "{}", c.logs());
         for id in 1..=2 {
             assert!(c.node(id).sigterm().is_some(), "stop");
         }
@@ -117,10 +97,5 @@ async fn a_data_dir_of_another_cluster_is_refused() {
     let all = a.logs();
     let (id, code) = stopped.unwrap_or_else(|| panic!("no node stopped:\n{all}"));
     assert_eq!(code, Some(2), "node {id} exits 2:\n{all}");
-    assert!(
-        a.nodes[(id - 1) as usize]
-            .log_text()
-            .contains("belongs to cluster"),
-        "{all}"
-    );
+    assert!(a.nodes[(id - 1) as usize].log_text().contains("belongs to cluster"), "{all}");
 }

@@ -42,21 +42,14 @@ fn arg(name: &str, default: u64) -> u64 {
 }
 
 fn free_udp() -> SocketAddr {
-    UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .expect("free port")
+    UdpSocket::bind("127.0.0.1:0").and_then(|s| s.local_addr()).expect("free port")
 }
 
 fn counter(reg: &prometheus::Registry, name: &str) -> f64 {
     reg.gather()
         .iter()
         .filter(|f| f.name() == name)
-        .flat_map(|f| {
-            f.get_metric()
-                .iter()
-                .map(|m| m.get_counter().get_value())
-                .collect::<Vec<_>>()
-        })
+        .flat_map(|f| f.get_metric().iter().map(|m| m.get_counter().get_value()).collect::<Vec<_>>())
         .sum()
 }
 
@@ -68,11 +61,8 @@ async fn main() {
     let clients = arg("--clients", 512);
     let partitions = arg("--partitions", 16) as u16;
     let dir = tempfile::tempdir().expect("tempdir");
-    let peers: BTreeMap<u64, SocketAddr> = if n == 1 {
-        BTreeMap::new()
-    } else {
-        (1..=n).map(|i| (i, free_udp())).collect()
-    };
+    let peers: BTreeMap<u64, SocketAddr> =
+        if n == 1 { BTreeMap::new() } else { (1..=n).map(|i| (i, free_udp())).collect() };
     let mut nodes = Vec::new();
     let mut registries = Vec::new();
     for id in 1..=n {
@@ -96,11 +86,7 @@ async fn main() {
         if st.iter().all(|g| g.leader.is_some()) {
             // Let the balancer settle leaders on their preferred nodes.
             tokio::time::sleep(Duration::from_secs(if n > 1 { 5 } else { 0 })).await;
-            break nodes[0]
-                .status()
-                .iter()
-                .map(|g| g.leader.unwrap_or(1))
-                .collect::<Vec<_>>();
+            break nodes[0].status().iter().map(|g| g.leader.unwrap_or(1)).collect::<Vec<_>>();
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
@@ -108,21 +94,14 @@ async fn main() {
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
-    let before_entries: f64 = registries
-        .iter()
-        .map(|r| counter(r, "ironhub_raft_entries_applied_total"))
-        .sum();
+    let before_entries: f64 =
+        registries.iter().map(|r| counter(r, "ironhub_raft_entries_applied_total")).sum();
     let elections_before: f64 = counter(&registries[0], "ironhub_raft_elections_total");
     let started = Instant::now();
     let mut tasks = Vec::new();
     for c in 0..clients {
-        let (nodes, stop, done, errors, leaders) = (
-            nodes.clone(),
-            stop.clone(),
-            done.clone(),
-            errors.clone(),
-            leaders.clone(),
-        );
+        let (nodes, stop, done, errors, leaders) =
+            (nodes.clone(), stop.clone(), done.clone(), errors.clone(), leaders.clone());
         tasks.push(tokio::spawn(async move {
             let mut hist = hdrhistogram::Histogram::<u64>::new(3).expect("histogram");
             let mut i = 0u64;
@@ -163,12 +142,10 @@ async fn main() {
     let secs = started.elapsed().as_secs_f64();
     let total = done.load(Ordering::Relaxed) as f64;
     // Entries applied on every node count once per replica: divide by the node count.
-    let entries: f64 = (registries
-        .iter()
-        .map(|r| counter(r, "ironhub_raft_entries_applied_total"))
-        .sum::<f64>()
-        - before_entries)
-        / n as f64;
+    let entries: f64 =
+        (registries.iter().map(|r| counter(r, "ironhub_raft_entries_applied_total")).sum::<f64>()
+            - before_entries)
+            / n as f64;
     let elections = counter(&registries[0], "ironhub_raft_elections_total") - elections_before;
     println!(
         "nodes={n} clients={clients} partitions={partitions} seconds={secs:.1} commands/s={:.0} entries/s={:.0} \

@@ -69,9 +69,7 @@ impl StateView<'_> {
         end: &[u8],
         limit: usize,
     ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError> {
-        let rows = self
-            .engine
-            .scan(&app_key(self.group, start), &app_key(self.group, end), limit)?;
+        let rows = self.engine.scan(&app_key(self.group, start), &app_key(self.group, end), limit)?;
         let cut = app_key(self.group, b"").len();
         Ok(rows.into_iter().map(|(k, v)| (k[cut..].to_vec(), v)).collect())
     }

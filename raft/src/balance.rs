@@ -29,9 +29,7 @@ impl RaftNode {
         let n = self.clone();
         self.inner.tasks.spawn(async move { n.balance_loop().await });
         let n = self.clone();
-        self.inner
-            .tasks
-            .spawn(async move { n.persist_learned_cluster_id().await });
+        self.inner.tasks.spawn(async move { n.persist_learned_cluster_id().await });
         let n = self.clone();
         self.inner.tasks.spawn(async move { n.plan_loop().await });
     }
@@ -59,22 +57,17 @@ impl RaftNode {
                     last_leader = s.current_leader;
                 }
                 m.term.with_label_values(&[&label]).set(s.current_term as i64);
-                m.is_leader
-                    .with_label_values(&[&label])
-                    .set(i64::from(s.state == ServerState::Leader));
+                m.is_leader.with_label_values(&[&label]).set(i64::from(s.state == ServerState::Leader));
                 let last = s.last_log_index.unwrap_or(0);
                 let purged = s.purged.map(|p| p.index).unwrap_or(0);
-                m.log_entries
-                    .with_label_values(&[&label])
-                    .set(last.saturating_sub(purged) as i64);
+                m.log_entries.with_label_values(&[&label]).set(last.saturating_sub(purged) as i64);
             }
             if g == META_GROUP {
                 use std::sync::atomic::Ordering::Relaxed;
                 let st = self.inner.flusher.stats();
                 m.flush_rounds.set(st.rounds.load(Relaxed) as i64);
                 m.flushed_entries.set(st.flushed_entries.load(Relaxed) as i64);
-                m.fsync_seconds
-                    .set(st.fsync_nanos_total.load(Relaxed) as f64 / 1e9);
+                m.fsync_seconds.set(st.fsync_nanos_total.load(Relaxed) as f64 / 1e9);
             }
             tokio::select! {
                 _ = self.inner.shutdown.cancelled() => return,
@@ -91,11 +84,7 @@ impl RaftNode {
             }
             let all: Vec<NodeId> = self.cluster_nodes().await.keys().copied().collect();
             if let Some((g, to)) = self.next_transfer(&all) {
-                tracing::info!(
-                    group = g,
-                    to,
-                    "balancing: handing leadership to the preferred leader"
-                );
+                tracing::info!(group = g, to, "balancing: handing leadership to the preferred leader");
                 if let Some(raft) = self.raft(g) {
                     if let Err(e) = raft.trigger().transfer_leader(to).await {
                         tracing::warn!(group = g, to, "transfer_leader: {e}");

@@ -46,13 +46,7 @@ impl BatchConfig {
 
 impl Default for BatchConfig {
     fn default() -> Self {
-        Self {
-            max_commands: 256,
-            max_bytes: 64 * 1024,
-            queue: 8192,
-            max_inflight: 32,
-            linger_us: 1000,
-        }
+        Self { max_commands: 256, max_bytes: 64 * 1024, queue: 8192, max_inflight: 32, linger_us: 1000 }
     }
 }
 
@@ -74,10 +68,7 @@ impl BatcherHandle {
         match self.tx.try_send((p, tx)) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
-                self.metrics
-                    .busy
-                    .with_label_values(&[&self.metrics.group(self.group)])
-                    .inc();
+                self.metrics.busy.with_label_values(&[&self.metrics.group(self.group)]).inc();
                 return Err(ProposeError::Busy { group: self.group });
             }
             Err(mpsc::error::TrySendError::Closed(_)) => return Err(ProposeError::ShuttingDown),
@@ -98,14 +89,8 @@ pub fn start(
     shutdown: CancellationToken,
 ) -> BatcherHandle {
     let (tx, rx) = mpsc::channel(cfg.queue.max(1));
-    let worker = Worker {
-        group,
-        raft,
-        cfg,
-        rx,
-        inflight: Arc::new(Semaphore::new(0)),
-        tracker: tracker.clone(),
-    };
+    let worker =
+        Worker { group, raft, cfg, rx, inflight: Arc::new(Semaphore::new(0)), tracker: tracker.clone() };
     tracker.spawn(worker.run(shutdown));
     BatcherHandle { group, tx, metrics }
 }
@@ -121,19 +106,10 @@ struct Worker {
 
 fn map_write_error(group: GroupId, e: ClientWriteError<crate::types::TypeConfig>) -> ProposeError {
     match e {
-        ClientWriteError::ForwardToLeader(f) => ProposeError::NotLeader {
-            group,
-            leader: f.leader_id,
-        },
+        ClientWriteError::ForwardToLeader(f) => ProposeError::NotLeader { group, leader: f.leader_id },
         ClientWriteError::LogEntryDiscarded(_) => ProposeError::Unknown { group },
-        ClientWriteError::ChangeMembershipError(m) => ProposeError::Fatal {
-            group,
-            reason: m.to_string(),
-        },
-        ClientWriteError::PreconditionFailed(p) => ProposeError::Fatal {
-            group,
-            reason: p.to_string(),
-        },
+        ClientWriteError::ChangeMembershipError(m) => ProposeError::Fatal { group, reason: m.to_string() },
+        ClientWriteError::PreconditionFailed(p) => ProposeError::Fatal { group, reason: p.to_string() },
     }
 }
 
@@ -158,10 +134,7 @@ impl Worker {
             while batch.len() < self.cfg.max_commands && bytes < self.cfg.max_bytes {
                 let next = match self.rx.try_recv() {
                     Ok(m) => Some(m),
-                    Err(_) if busy => tokio::time::timeout_at(deadline, self.rx.recv())
-                        .await
-                        .ok()
-                        .flatten(),
+                    Err(_) if busy => tokio::time::timeout_at(deadline, self.rx.recv()).await.ok().flatten(),
                     Err(_) => None,
                 };
                 match next {
@@ -178,10 +151,7 @@ impl Worker {
             let stream = match self.raft.client_write_many([CommandBatch { commands }]).await {
                 Ok(s) => s,
                 Err(fatal) => {
-                    let e = ProposeError::Fatal {
-                        group,
-                        reason: fatal.to_string(),
-                    };
+                    let e = ProposeError::Fatal { group, reason: fatal.to_string() };
                     for r in replies {
                         let _ = r.send(Err(e.clone()));
                     }
@@ -193,10 +163,7 @@ impl Worker {
                 let result = match stream.next().await {
                     Some(Ok(Ok(resp))) => Ok(resp.response.responses),
                     Some(Ok(Err(e))) => Err(map_write_error(group, e)),
-                    Some(Err(fatal)) => Err(ProposeError::Fatal {
-                        group,
-                        reason: fatal.to_string(),
-                    }),
+                    Some(Err(fatal)) => Err(ProposeError::Fatal { group, reason: fatal.to_string() }),
                     None => Err(ProposeError::ShuttingDown),
                 };
                 match result {

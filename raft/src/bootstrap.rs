@@ -46,10 +46,7 @@ impl RaftNode {
     pub(crate) async fn bootstrap(&self) {
         let ids = self.voter_ids();
         if ids.first() != Some(&self.inner.id) {
-            tracing::info!(
-                "new node: waiting for node {:?} to bootstrap the cluster",
-                ids.first()
-            );
+            tracing::info!("new node: waiting for node {:?} to bootstrap the cluster", ids.first());
             return;
         }
         if let Err(e) = self.bootstrap_as_first(&ids).await {
@@ -73,13 +70,7 @@ impl RaftNode {
                 let r = self
                     .inner
                     .net
-                    .call(
-                        peer,
-                        META_GROUP,
-                        RpcKind::Admin,
-                        Bytes::from(body.clone()),
-                        Duration::from_secs(2),
-                    )
+                    .call(peer, META_GROUP, RpcKind::Admin, Bytes::from(body.clone()), Duration::from_secs(2))
                     .await;
                 match r {
                     Err(crate::transport::TransportError::ClusterMismatch { ours, theirs }) => {
@@ -117,13 +108,7 @@ impl RaftNode {
                 let r = self
                     .inner
                     .net
-                    .call(
-                        peer,
-                        META_GROUP,
-                        RpcKind::Admin,
-                        Bytes::from(body),
-                        Duration::from_secs(2),
-                    )
+                    .call(peer, META_GROUP, RpcKind::Admin, Bytes::from(body), Duration::from_secs(2))
                     .await;
                 let Ok(resp) = r else { continue };
                 let Ok(Ok(hello)) = codec::decode::<Result<HelloResponse, String>>(&resp, "hello")
@@ -155,23 +140,42 @@ impl RaftNode {
         self.inner.cluster_id.set(cid);
         tracing::info!(cluster_id = %cid, voters = ?ids, partitions = self.inner.partitions, "bootstrapping a new cluster");
         for g in 0..=self.inner.partitions {
-            let voters = if g == META_GROUP {
-                ids.iter().copied().take(3).collect()
-            } else {
-                group_voters(ids, g)
-            };
+            let voters =
+                if g == META_GROUP { ids.iter().copied().take(3).collect() } else { group_voters(ids, g) };
             let members = self.members(&voters);
             let target = voters[0];
             let n = self.clone();
-            self.inner
-                .tasks
-                .spawn(async move { n.init_group_on(target, g, members).await });
+            self.inner.tasks.spawn(async move { n.init_group_on(target, g, members).await });
         }
         let n = self.clone();
-        self.inner
-            .tasks
-            .spawn(async move { n.record_initial_nodes().await });
+        self.inner.tasks.spawn(async move { n.record_initial_nodes().await });
+        if ids.len() > 3 {
+            // With more than three nodes, every node that is not a voter of a group follows it as
+            // a learner, so every node can route from applied state.
+            let n = self.clone();
+            let ids = ids.to_vec();
+            self.inner.tasks.spawn(async move { n.add_bootstrap_learners(&ids).await });
+        }
         Ok(())
+    }
+
+    async fn add_bootstrap_learners(&self, ids: &[NodeId]) {
+        let nodes = self.members(ids);
+        for g in 0..=self.inner.partitions {
+            let voters =
+                if g == META_GROUP { ids.iter().copied().take(3).collect() } else { group_voters(ids, g) };
+            loop {
+                match self.reconfigure_group(g, voters.iter().copied().collect(), nodes.clone()).await {
+                    Ok(()) => break,
+                    Err(e) => tracing::debug!(group = g, "bootstrap: adding learners: {e}"),
+                }
+                tokio::select! {
+                    _ = self.inner.shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_millis(300)) => {}
+                }
+            }
+        }
+        tracing::info!("bootstrap: every node follows every group");
     }
 
     /// Initialises `g` on `target` (ourselves or a peer), retrying until it is done or the group
@@ -181,19 +185,11 @@ impl RaftNode {
             let r = if target == self.inner.id {
                 self.init_group_local(g, members.clone()).await
             } else {
-                match codec::encode(&AdminRequest::InitGroup {
-                    members: members.clone(),
-                }) {
+                match codec::encode(&AdminRequest::InitGroup { members: members.clone() }) {
                     Ok(body) => match self
                         .inner
                         .net
-                        .call(
-                            target,
-                            g,
-                            RpcKind::Admin,
-                            Bytes::from(body),
-                            Duration::from_secs(2),
-                        )
+                        .call(target, g, RpcKind::Admin, Bytes::from(body), Duration::from_secs(2))
                         .await
                     {
                         Ok(resp) => codec::decode::<Result<(), ProposeError>>(&resp, "init group response")
@@ -254,19 +250,10 @@ impl RaftNode {
             });
         };
         if let Err(e) = self.persist_cluster_id(cid) {
-            return Err(ProposeError::Fatal {
-                group: g,
-                reason: e.to_string(),
-            });
+            return Err(ProposeError::Fatal { group: g, reason: e.to_string() });
         }
-        tracing::info!(
-            group = g,
-            from,
-            "initialising group at the bootstrapping node's request"
-        );
-        self.init_group_local(g, members)
-            .await
-            .map_err(|reason| ProposeError::Fatal { group: g, reason })
+        tracing::info!(group = g, from, "initialising group at the bootstrapping node's request");
+        self.init_group_local(g, members).await.map_err(|reason| ProposeError::Fatal { group: g, reason })
     }
 }
 

@@ -22,6 +22,7 @@ pub mod metrics;
 pub mod net;
 mod network;
 pub mod node;
+mod reads;
 mod rpc;
 mod state_machine;
 pub mod testing;

@@ -112,10 +112,7 @@ pub(crate) fn apply_system(
         }
         SystemCommand::StartPlan(p) => {
             if let Some(cur) = plan.filter(|c| c.finished.is_none()) {
-                return reply(Err(format!(
-                    "membership plan {} ({:?}) is still running",
-                    cur.id, cur.change
-                )));
+                return reply(Err(format!("membership plan {} ({:?}) is still running", cur.id, cur.change)));
             }
             let mut p = p.clone();
             p.done.clear();
@@ -170,11 +167,7 @@ impl RaftNode {
     /// The cluster's nodes as this node last applied them (before the first `SetNodes`: the
     /// configured peers, or this node alone).
     pub async fn cluster_nodes(&self) -> BTreeMap<NodeId, NodeAddr> {
-        let stored = self
-            .with_state(META_GROUP, |v| read_nodes(v))
-            .await
-            .ok()
-            .flatten();
+        let stored = self.with_state(META_GROUP, |v| read_nodes(v)).await.ok().flatten();
         stored.unwrap_or_else(|| self.configured_nodes())
     }
 
@@ -193,19 +186,9 @@ impl RaftNode {
     }
 
     async fn propose_system(&self, cmd: SystemCommand) -> Result<Result<(), String>, ProposeError> {
-        let raw = self
-            .propose(
-                META_GROUP,
-                Proposal {
-                    id: None,
-                    body: Body::System(cmd),
-                },
-            )
-            .await?;
-        codec::decode(&raw, "system command response").map_err(|e| ProposeError::Fatal {
-            group: META_GROUP,
-            reason: e.to_string(),
-        })
+        let raw = self.propose(META_GROUP, Proposal { id: None, body: Body::System(cmd) }).await?;
+        codec::decode(&raw, "system command response")
+            .map_err(|e| ProposeError::Fatal { group: META_GROUP, reason: e.to_string() })
     }
 
     /// Starts a plan adding node `id` at `addr` (a node started with an empty data dir and
@@ -218,8 +201,7 @@ impl RaftNode {
         let addr = NodeAddr { cluster: addr };
         let mut after = nodes.clone();
         after.insert(id, addr.clone());
-        self.start_plan(MembershipChange::AddNode { id, addr }, after)
-            .await
+        self.start_plan(MembershipChange::AddNode { id, addr }, after).await
     }
 
     /// Starts a plan removing node `id` from every group.
@@ -246,16 +228,9 @@ impl RaftNode {
         change: MembershipChange,
         nodes_after: BTreeMap<NodeId, NodeAddr>,
     ) -> Result<MembershipPlan, String> {
-        let plan = MembershipPlan {
-            id: rand::random(),
-            change,
-            nodes_after,
-            done: BTreeSet::new(),
-            finished: None,
-        };
-        self.propose_system(SystemCommand::StartPlan(plan.clone()))
-            .await
-            .map_err(|e| e.to_string())??;
+        let plan =
+            MembershipPlan { id: rand::random(), change, nodes_after, done: BTreeSet::new(), finished: None };
+        self.propose_system(SystemCommand::StartPlan(plan.clone())).await.map_err(|e| e.to_string())??;
         tracing::info!(plan = plan.id, change = ?plan.change, "membership plan started");
         Ok(plan)
     }
@@ -302,12 +277,9 @@ impl RaftNode {
         let ids: Vec<NodeId> = plan.nodes_after.keys().copied().collect();
         let next = (0..=self.inner.partitions).find(|g| !plan.done.contains(g));
         let Some(g) = next else {
-            self.propose_system(SystemCommand::FinishPlan {
-                plan: plan.id,
-                error: None,
-            })
-            .await
-            .map_err(|e| e.to_string())??;
+            self.propose_system(SystemCommand::FinishPlan { plan: plan.id, error: None })
+                .await
+                .map_err(|e| e.to_string())??;
             tracing::info!(plan = plan.id, change = ?plan.change, "membership plan finished");
             return Ok(());
         };
@@ -316,14 +288,24 @@ impl RaftNode {
         } else {
             group_voters(&ids, g).into_iter().collect()
         };
-        let req = AdminRequest::Reconfigure {
-            voters,
-            nodes: plan.nodes_after.clone(),
-        };
-        let leader = self
-            .raft(g)
-            .and_then(|r| r.metrics().borrow_watched().current_leader);
-        let r = match leader {
+        self.reconfigure_group(g, voters, plan.nodes_after.clone()).await?;
+        self.propose_system(SystemCommand::PlanProgress { plan: plan.id, group: g })
+            .await
+            .map_err(|e| e.to_string())??;
+        tracing::info!(plan = plan.id, group = g, "group reconfigured");
+        Ok(())
+    }
+
+    /// Asks the leader of `g` (maybe this node) to bring the group to `voters` over `nodes`.
+    pub(crate) async fn reconfigure_group(
+        &self,
+        g: GroupId,
+        voters: BTreeSet<NodeId>,
+        nodes: BTreeMap<NodeId, NodeAddr>,
+    ) -> Result<(), String> {
+        let req = AdminRequest::Reconfigure { voters, nodes };
+        let leader = self.raft(g).and_then(|r| r.metrics().borrow_watched().current_leader);
+        match leader {
             Some(l) if l == self.inner.id => self.reconfigure_local(g, req).await,
             Some(l) => {
                 let body = codec::encode(&req).map_err(|e| e.to_string())?;
@@ -337,16 +319,7 @@ impl RaftNode {
                     .map_err(|e| e.to_string())?
             }
             None => Err(format!("group {g} has no leader")),
-        };
-        r?;
-        self.propose_system(SystemCommand::PlanProgress {
-            plan: plan.id,
-            group: g,
-        })
-        .await
-        .map_err(|e| e.to_string())??;
-        tracing::info!(plan = plan.id, group = g, "group reconfigured");
-        Ok(())
+        }
     }
 
     /// On the leader of `g`: brings the group to `voters` over `nodes` (others become learners,
@@ -372,11 +345,7 @@ impl RaftNode {
                 .await
                 .map_err(|e| format!("replace voters: {e}"))?;
         }
-        let gone: BTreeSet<NodeId> = present
-            .iter()
-            .filter(|id| !nodes.contains_key(id))
-            .copied()
-            .collect();
+        let gone: BTreeSet<NodeId> = present.iter().filter(|id| !nodes.contains_key(id)).copied().collect();
         if !gone.is_empty() {
             raft.change_membership(ChangeMembers::RemoveNodes(gone.clone()), false)
                 .await

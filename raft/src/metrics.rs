@@ -42,22 +42,15 @@ fn group_label(group: u16) -> String {
 impl RaftMetrics {
     /// Creates the metrics and registers them in `registry`.
     pub fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
-        let buckets = vec![
-            0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-        ];
+        let buckets =
+            vec![0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
         let m = Self {
             commands: IntCounterVec::new(
-                Opts::new(
-                    "ironhub_raft_commands_applied_total",
-                    "Commands applied, per group",
-                ),
+                Opts::new("ironhub_raft_commands_applied_total", "Commands applied, per group"),
                 &["group"],
             )?,
             entries: IntCounterVec::new(
-                Opts::new(
-                    "ironhub_raft_entries_applied_total",
-                    "Raft entries applied, per group",
-                ),
+                Opts::new("ironhub_raft_entries_applied_total", "Raft entries applied, per group"),
                 &["group"],
             )?,
             apply_seconds: HistogramVec::new(
@@ -103,10 +96,7 @@ impl RaftMetrics {
                 &["group"],
             )?,
             forwarded: IntCounterVec::new(
-                Opts::new(
-                    "ironhub_raft_forwarded_total",
-                    "Proposals forwarded to the leader",
-                ),
+                Opts::new("ironhub_raft_forwarded_total", "Proposals forwarded to the leader"),
                 &["group"],
             )?,
             flush_rounds: prometheus::IntGauge::new(
@@ -152,15 +142,11 @@ impl RaftMetrics {
         let g = group_label(group);
         self.entries.with_label_values(&[&g]).inc_by(entries);
         self.commands.with_label_values(&[&g]).inc_by(commands);
-        self.apply_seconds
-            .with_label_values(&[&g])
-            .observe(took.as_secs_f64());
+        self.apply_seconds.with_label_values(&[&g]).observe(took.as_secs_f64());
     }
 
     pub(crate) fn observe_commit(&self, group: u16, took: Duration) {
-        self.commit_seconds
-            .with_label_values(&[&group_label(group)])
-            .observe(took.as_secs_f64());
+        self.commit_seconds.with_label_values(&[&group_label(group)]).observe(took.as_secs_f64());
     }
 
     pub(crate) fn observe_snapshot(&self, group: u16, kind: &str, bytes: u64, _took: Duration) {

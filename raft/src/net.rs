@@ -73,11 +73,7 @@ impl ClusterNet for Transport {
         use std::net::ToSocketAddrs;
         match addr.to_socket_addrs().ok().and_then(|mut a| a.next()) {
             Some(a) => Transport::set_peer(self, id, a),
-            None => tracing::warn!(
-                node = id,
-                addr,
-                "membership names an address that does not resolve"
-            ),
+            None => tracing::warn!(node = id, addr, "membership names an address that does not resolve"),
         }
     }
 }

@@ -43,11 +43,7 @@ impl RaftNetworkFactory<TypeConfig> for GroupNetworkFactory {
     async fn new_client(&mut self, target: NodeId, node: &NodeAddr) -> GroupNetwork {
         // Membership carries every node's address: nodes added later become reachable this way.
         self.net.set_peer(target, &node.cluster);
-        GroupNetwork {
-            net: self.net.clone(),
-            group: self.group,
-            target,
-        }
+        GroupNetwork { net: self.net.clone(), group: self.group, target }
     }
 }
 
@@ -68,11 +64,8 @@ impl GroupNetwork {
         ttl: Duration,
     ) -> Result<Resp, RPCError<TypeConfig>> {
         let body = codec::encode(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        let resp = self
-            .net
-            .call(self.target, self.group, kind, Bytes::from(body), ttl)
-            .await
-            .map_err(rpc_err)?;
+        let resp =
+            self.net.call(self.target, self.group, kind, Bytes::from(body), ttl).await.map_err(rpc_err)?;
         let r: Result<Resp, String> = codec::decode(&resp, "raft rpc response")
             .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         r.map_err(|msg| RPCError::Network(NetworkError::from_string(msg)))

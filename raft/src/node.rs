@@ -93,6 +93,7 @@ pub(crate) struct Group {
     pub(crate) id: GroupId,
     pub(crate) raft: GroupRaft,
     pub(crate) batcher: BatcherHandle,
+    pub(crate) reads: parking_lot::Mutex<crate::reads::ReadRound>,
 }
 
 pub(crate) struct Inner {
@@ -247,15 +248,10 @@ impl RaftNode {
         let cluster_id = Arc::new(ClusterIdCell::new(stored_cluster));
         let flusher = Flusher::start(engine.clone())?;
 
-        let rpc = Arc::new(NodeRpc {
-            node: OnceLock::new(),
-        });
+        let rpc = Arc::new(NodeRpc { node: OnceLock::new() });
         let incoming = config.data_dir.join("snapshots").join("incoming");
         let (net, local_addr): (Arc<dyn ClusterNet>, SocketAddr) = match router {
-            Some(r) => (
-                r.register(id, rpc.clone(), cluster_id.clone(), incoming),
-                config.cluster_bind,
-            ),
+            Some(r) => (r.register(id, rpc.clone(), cluster_id.clone(), incoming), config.cluster_bind),
             None => {
                 let t = Transport::start(
                     TransportConfig {
@@ -302,21 +298,12 @@ impl RaftNode {
                 let (engine, app, metrics) = (engine.clone(), app.clone(), metrics.clone());
                 tokio::task::spawn_blocking(move || GroupStateMachine::open(g, engine, app, sm_dir, metrics))
                     .await
-                    .map_err(|e| NodeError::Raft {
-                        group: g,
-                        reason: e.to_string(),
-                    })??
+                    .map_err(|e| NodeError::Raft { group: g, reason: e.to_string() })??
             };
-            let net = GroupNetworkFactory {
-                net: net.clone(),
-                group: g,
-            };
+            let net = GroupNetworkFactory { net: net.clone(), group: g };
             let raft = GroupRaft::new(id, raft_config.clone(), net, log, sm)
                 .await
-                .map_err(|e| NodeError::Raft {
-                    group: g,
-                    reason: e.to_string(),
-                })?;
+                .map_err(|e| NodeError::Raft { group: g, reason: e.to_string() })?;
             let batcher = batcher::start(
                 g,
                 raft.clone(),
@@ -325,7 +312,7 @@ impl RaftNode {
                 &tasks,
                 shutdown.clone(),
             );
-            groups.push(Group { id: g, raft, batcher });
+            groups.push(Group { id: g, raft, batcher, reads: Default::default() });
         }
 
         let node = RaftNode {
@@ -351,9 +338,7 @@ impl RaftNode {
         if node.inner.cluster_id.get().is_none() {
             node.inner.tasks.spawn(async move { n.bootstrap().await });
         } else {
-            node.inner
-                .tasks
-                .spawn(async move { n.check_peers_cluster().await });
+            node.inner.tasks.spawn(async move { n.check_peers_cluster().await });
         }
         Ok(node)
     }
@@ -403,10 +388,7 @@ impl RaftNode {
     }
 
     pub(crate) fn group(&self, g: GroupId) -> Result<&Group, ProposeError> {
-        self.inner
-            .groups
-            .get(g as usize)
-            .ok_or(ProposeError::NoSuchGroup(g))
+        self.inner.groups.get(g as usize).ok_or(ProposeError::NoSuchGroup(g))
     }
 
     /// The raft instance of group `g` (for tests and administration).
@@ -414,7 +396,7 @@ impl RaftNode {
         self.inner.groups.get(g as usize).map(|x| &x.raft)
     }
 
-    fn leader_of(&self, g: &Group) -> Option<NodeId> {
+    pub(crate) fn leader_of(&self, g: &Group) -> Option<NodeId> {
         g.raft.metrics().borrow_watched().current_leader
     }
 
@@ -422,8 +404,7 @@ impl RaftNode {
     /// Retries leader changes for up to `2 × election timeout`; returns the command's response.
     pub async fn propose(&self, g: GroupId, p: Proposal) -> Result<Bytes, ProposeError> {
         let group = self.group(g)?;
-        let deadline =
-            Instant::now() + Duration::from_millis(self.inner.config.timing.election_max_ms * 2 + 500);
+        let deadline = Instant::now() + self.retry_window();
         loop {
             let attempt = match self.leader_of(group) {
                 Some(l) if l == self.inner.id => group.batcher.propose(p.clone()).await,
@@ -451,35 +432,17 @@ impl RaftNode {
     }
 
     async fn forward(&self, g: GroupId, leader: NodeId, p: &Proposal) -> Result<Bytes, ProposeError> {
-        self.inner
-            .metrics
-            .forwarded
-            .with_label_values(&[&self.inner.metrics.group(g)])
-            .inc();
-        let body = codec::encode(p).map_err(|e| ProposeError::Forward {
-            node: leader,
-            reason: e.to_string(),
-        })?;
+        self.inner.metrics.forwarded.with_label_values(&[&self.inner.metrics.group(g)]).inc();
+        let body =
+            codec::encode(p).map_err(|e| ProposeError::Forward { node: leader, reason: e.to_string() })?;
         let resp = self
             .inner
             .net
-            .call(
-                leader,
-                g,
-                RpcKind::Forward,
-                Bytes::from(body),
-                Duration::from_secs(5),
-            )
+            .call(leader, g, RpcKind::Forward, Bytes::from(body), Duration::from_secs(5))
             .await
-            .map_err(|e| ProposeError::Forward {
-                node: leader,
-                reason: e.to_string(),
-            })?;
-        let r: Result<Bytes, ProposeError> =
-            codec::decode(&resp, "forwarded proposal response").map_err(|e| ProposeError::Forward {
-                node: leader,
-                reason: e.to_string(),
-            })?;
+            .map_err(|e| ProposeError::Forward { node: leader, reason: e.to_string() })?;
+        let r: Result<Bytes, ProposeError> = codec::decode(&resp, "forwarded proposal response")
+            .map_err(|e| ProposeError::Forward { node: leader, reason: e.to_string() })?;
         r
     }
 
@@ -492,67 +455,12 @@ impl RaftNode {
         }
     }
 
-    /// Waits until this node's state of group `g` reflects every write committed before the call
-    /// (a linearizable read barrier: read index on the leader, forwarded from followers).
-    pub async fn read_barrier(&self, g: GroupId) -> Result<(), ProposeError> {
-        let group = self.group(g)?;
-        let deadline =
-            Instant::now() + Duration::from_millis(self.inner.config.timing.election_max_ms * 2 + 500);
-        let index = loop {
-            let attempt = match self.leader_of(group) {
-                Some(l) if l == self.inner.id => self.read_index_local(g).await,
-                Some(l) => {
-                    let r = self
-                        .inner
-                        .net
-                        .call(l, g, RpcKind::Read, Bytes::new(), Duration::from_secs(5))
-                        .await
-                        .map_err(|e| ProposeError::Forward {
-                            node: l,
-                            reason: e.to_string(),
-                        })
-                        .and_then(|b| {
-                            codec::decode::<Result<u64, ProposeError>>(&b, "read index response").map_err(
-                                |e| ProposeError::Forward {
-                                    node: l,
-                                    reason: e.to_string(),
-                                },
-                            )
-                        });
-                    r.and_then(|x| x)
-                }
-                None => Err(ProposeError::NoLeader { group: g }),
-            };
-            match attempt {
-                Ok(i) => break i,
-                Err(e) if e.is_retriable() && Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                Err(e) => return Err(e),
-            }
-        };
-        let mut rx = group.raft.metrics();
-        loop {
-            if rx.borrow_watched().last_applied.map(|l| l.index).unwrap_or(0) >= index {
-                return Ok(());
-            }
-            tokio::select! {
-                _ = self.inner.shutdown.cancelled() => return Err(ProposeError::ShuttingDown),
-                r = rx.changed() => if r.is_err() { return Err(ProposeError::ShuttingDown) },
-                _ = tokio::time::sleep_until(deadline.into()) => return Err(ProposeError::NoLeader { group: g }),
-            }
-        }
-    }
-
     pub(crate) async fn read_index_local(&self, g: GroupId) -> Result<u64, ProposeError> {
         let group = self.group(g)?;
         match group.raft.ensure_linearizable(ReadPolicy::ReadIndex).await {
             Ok(read) => Ok(read.index()),
             Err(e) => match e.forward_to_leader() {
-                Some(f) => Err(ProposeError::NotLeader {
-                    group: g,
-                    leader: f.leader_id,
-                }),
+                Some(f) => Err(ProposeError::NotLeader { group: g, leader: f.leader_id }),
                 None => Err(ProposeError::NoLeader { group: g }),
             },
         }
@@ -566,17 +474,12 @@ impl RaftNode {
         f: impl FnOnce(&StateView<'_>) -> Result<T, ironhub_storage::StorageError> + Send + 'static,
     ) -> Result<T, ironhub_storage::StorageError> {
         let engine = self.inner.engine.clone();
-        tokio::task::spawn_blocking(move || {
-            f(&StateView {
-                engine: engine.as_ref(),
-                group: g,
-            })
-        })
-        .await
-        .map_err(|e| ironhub_storage::StorageError::Io {
-            what: "state read task".into(),
-            source: std::io::Error::other(e),
-        })?
+        tokio::task::spawn_blocking(move || f(&StateView { engine: engine.as_ref(), group: g }))
+            .await
+            .map_err(|e| ironhub_storage::StorageError::Io {
+                what: "state read task".into(),
+                source: std::io::Error::other(e),
+            })?
     }
 
     /// Each group as this node sees it.
@@ -614,10 +517,7 @@ impl RaftNode {
 
     /// True while every group's raft runs (no fatal storage error).
     pub fn healthy(&self) -> bool {
-        self.inner
-            .groups
-            .iter()
-            .all(|g| g.raft.metrics().borrow_watched().running_state.is_ok())
+        self.inner.groups.iter().all(|g| g.raft.metrics().borrow_watched().running_state.is_ok())
     }
 
     /// Stops batchers, rafts, the transport and the flusher, in that order.
@@ -644,15 +544,7 @@ impl RaftNode {
     }
 
     pub(crate) fn node_addr(&self, id: NodeId) -> NodeAddr {
-        let addr = self
-            .inner
-            .config
-            .peers
-            .get(&id)
-            .copied()
-            .unwrap_or(self.inner.config.cluster_bind);
-        NodeAddr {
-            cluster: addr.to_string(),
-        }
+        let addr = self.inner.config.peers.get(&id).copied().unwrap_or(self.inner.config.cluster_bind);
+        NodeAddr { cluster: addr.to_string() }
     }
 }

@@ -18,17 +18,14 @@ use crate::transport::{RpcHandler, RpcKind};
 use crate::types::{GroupId, NodeAddr, NodeId, Proposal, SnapshotMeta, Vote};
 
 /// Administrative requests between nodes.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) enum AdminRequest {
     /// Asks whether the peer already belongs to a cluster.
     Hello,
     /// Bootstrap: initialise `group` on the receiver with these voters (only if it has no state).
     InitGroup { members: BTreeMap<NodeId, NodeAddr> },
     /// Membership plan step, on the group's leader: these voters over these nodes.
-    Reconfigure {
-        voters: std::collections::BTreeSet<NodeId>,
-        nodes: BTreeMap<NodeId, NodeAddr>,
-    },
+    Reconfigure { voters: std::collections::BTreeSet<NodeId>, nodes: BTreeMap<NodeId, NodeAddr> },
 }
 
 /// Answer to [`AdminRequest::Hello`].
@@ -79,20 +76,18 @@ async fn dispatch(
         RpcKind::Append => reply(raft.append_entries(decode(&body, "append entries")?).await),
         RpcKind::Vote => reply(raft.vote(decode(&body, "vote")?).await),
         RpcKind::PreVote => reply(raft.pre_vote(decode(&body, "pre-vote")?).await),
-        RpcKind::TransferLeader => reply(
-            raft.handle_transfer_leader(decode(&body, "transfer leader")?)
-                .await,
-        ),
+        RpcKind::TransferLeader => {
+            reply(raft.handle_transfer_leader(decode(&body, "transfer leader")?).await)
+        }
         RpcKind::Forward => {
             let p: Proposal = decode(&body, "forwarded proposal")?;
             encode(&node.propose_local(g, p).await)
         }
         RpcKind::Read => encode(&node.read_index_local(g).await),
         RpcKind::Admin => match decode::<AdminRequest>(&body, "admin request")? {
-            AdminRequest::Hello => encode(&HelloResponse {
-                node_id: node.id(),
-                cluster_id: node.cluster_id(),
-            }),
+            AdminRequest::Hello => {
+                encode(&HelloResponse { node_id: node.id(), cluster_id: node.cluster_id() })
+            }
             AdminRequest::InitGroup { members } => {
                 let r: Result<(), ProposeError> = node.init_group_from_peer(from, g, members).await;
                 encode(&r)
@@ -128,10 +123,7 @@ impl RpcHandler for NodeRpc {
             let (vote, meta): (Vote, SnapshotMeta) = decode(&header, "snapshot header")?;
             let size = std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
             let raft = node.group(g).map_err(|e| e.to_string())?.raft.clone();
-            let snapshot = openraft::Snapshot {
-                meta,
-                snapshot: SnapshotFile { path: file, size },
-            };
+            let snapshot = openraft::Snapshot { meta, snapshot: SnapshotFile { path: file, size } };
             reply(raft.install_full_snapshot(vote, snapshot).await)
         })
     }

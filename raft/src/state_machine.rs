@@ -85,24 +85,14 @@ impl GroupStateMachine {
             source: e,
         })?;
         let sm = Self {
-            shared: Arc::new(Shared {
-                group,
-                engine,
-                app,
-                dir: snapshot_dir,
-                lock: Mutex::new(()),
-                metrics,
-            }),
+            shared: Arc::new(Shared { group, engine, app, dir: snapshot_dir, lock: Mutex::new(()), metrics }),
         };
         if let Some(path) = snapshot::interrupted_install(sm.shared.engine.as_ref(), group)? {
             tracing::warn!(group, path = %path.display(), "finishing a snapshot install interrupted by a crash");
             let meta: SnapshotMeta = codec::decode(&snapshot::read_snapshot_meta(&path)?, "snapshot meta")?;
             sm.install_file(&meta, &path)?;
         }
-        let view = StateView {
-            engine: sm.shared.engine.as_ref(),
-            group,
-        };
+        let view = StateView { engine: sm.shared.engine.as_ref(), group };
         sm.shared.app.restore(group, &view)?;
         Ok(sm)
     }
@@ -140,11 +130,7 @@ impl GroupStateMachine {
                 EntryPayload::Normal(batch) => {
                     let mut responses = Vec::with_capacity(batch.commands.len());
                     for (slot, p) in batch.commands.iter().enumerate() {
-                        let ctx = ApplyContext {
-                            group: s.group,
-                            index,
-                            slot: slot as u32,
-                        };
+                        let ctx = ApplyContext { group: s.group, index, slot: slot as u32 };
                         let r = match &p.body {
                             Body::App(command) => self.apply_one(&ctx, p.id, command, &mut txn)?,
                             Body::System(cmd) => membership::apply_system(s.group, cmd, &mut txn)?,
@@ -156,10 +142,7 @@ impl GroupStateMachine {
                 }
                 EntryPayload::Membership(m) => {
                     let sm = StoredMembership::new(Some(entry.log_id), m.clone());
-                    txn.batch.put(
-                        keys::raft_key(s.group, keys::RaftTag::Membership),
-                        codec::encode(&sm)?,
-                    );
+                    txn.batch.put(keys::raft_key(s.group, keys::RaftTag::Membership), codec::encode(&sm)?);
                     BatchResponse::default()
                 }
             };
@@ -167,14 +150,10 @@ impl GroupStateMachine {
             out.push(resp);
         }
         if let Some(last) = last {
-            txn.batch.put(
-                keys::raft_key(s.group, keys::RaftTag::Applied),
-                codec::encode(&Some(last))?,
-            );
+            txn.batch.put(keys::raft_key(s.group, keys::RaftTag::Applied), codec::encode(&Some(last))?);
         }
         s.engine.write(&txn.batch, false)?;
-        s.metrics
-            .observe_apply(s.group, entries.len() as u64, commands, started.elapsed());
+        s.metrics.observe_apply(s.group, entries.len() as u64, commands, started.elapsed());
         Ok(out)
     }
 
@@ -215,20 +194,13 @@ impl GroupStateMachine {
             }
         }
         let response = self.shared.app.apply(ctx, command, txn)?;
-        let rec = AppliedProposal {
-            seq: id.seq,
-            response: response.clone(),
-        };
+        let rec = AppliedProposal { seq: id.seq, response: response.clone() };
         txn.raw_put(key, codec::encode(&rec)?);
         Ok(response)
     }
 
     fn current(&self) -> Result<Option<CurrentSnapshot>, StorageError> {
-        match self
-            .shared
-            .engine
-            .get(&keys::raft_key(self.shared.group, keys::RaftTag::SnapshotMeta))?
-        {
+        match self.shared.engine.get(&keys::raft_key(self.shared.group, keys::RaftTag::SnapshotMeta))? {
             Some(v) => Ok(Some(codec::decode(&v, "current snapshot record")?)),
             None => Ok(None),
         }
@@ -249,10 +221,7 @@ impl GroupStateMachine {
                 Some(v) => codec::decode(v, "applied membership")?,
                 None => StoredMembership::default(),
             };
-            let m = SnapshotMeta {
-                last_log_id,
-                last_membership,
-            };
+            let m = SnapshotMeta { last_log_id, last_membership };
             let bytes = codec::encode(&m)?;
             meta = Some(m);
             Ok(bytes)
@@ -261,37 +230,21 @@ impl GroupStateMachine {
         // Everything in the view is in the WAL before this point: make it durable before the
         // snapshot lets the log behind it be purged.
         s.engine.flush_wal(true)?;
-        let rec = CurrentSnapshot {
-            meta: meta.clone(),
-            path: file.path.display().to_string(),
-            size: file.size,
-        };
+        let rec =
+            CurrentSnapshot { meta: meta.clone(), path: file.path.display().to_string(), size: file.size };
         let mut b = WriteBatch::default();
-        b.put(
-            keys::raft_key(s.group, keys::RaftTag::SnapshotMeta),
-            codec::encode(&rec)?,
-        );
+        b.put(keys::raft_key(s.group, keys::RaftTag::SnapshotMeta), codec::encode(&rec)?);
         // An install may have replaced the state meanwhile: never let an older snapshot win.
         let _guard = s.lock.lock();
         let previous = self.current()?;
-        if let Some(prev) = previous
-            .as_ref()
-            .filter(|p| p.meta.last_log_id >= meta.last_log_id)
-        {
+        if let Some(prev) = previous.as_ref().filter(|p| p.meta.last_log_id >= meta.last_log_id) {
             let _ = std::fs::remove_file(&file.path);
             let path = PathBuf::from(&prev.path);
-            return Ok((
-                prev.meta.clone(),
-                SnapshotFile {
-                    path,
-                    size: prev.size,
-                },
-            ));
+            return Ok((prev.meta.clone(), SnapshotFile { path, size: prev.size }));
         }
         s.engine.write(&b, true)?;
         self.remove_old(previous, &file.path);
-        s.metrics
-            .observe_snapshot(s.group, "built", file.size, started.elapsed());
+        s.metrics.observe_snapshot(s.group, "built", file.size, started.elapsed());
         tracing::info!(group = s.group, last = ?meta.last_log_id, bytes = file.size, "snapshot built");
         Ok((meta, file))
     }
@@ -311,24 +264,14 @@ impl GroupStateMachine {
     fn install_file(&self, meta: &SnapshotMeta, path: &std::path::Path) -> Result<(), StorageError> {
         let s = &self.shared;
         let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
-        let rec = CurrentSnapshot {
-            meta: meta.clone(),
-            path: path.display().to_string(),
-            size,
-        };
+        let rec = CurrentSnapshot { meta: meta.clone(), path: path.display().to_string(), size };
         let mut finish = WriteBatch::default();
-        finish.put(
-            keys::raft_key(s.group, keys::RaftTag::Applied),
-            codec::encode(&meta.last_log_id)?,
-        );
+        finish.put(keys::raft_key(s.group, keys::RaftTag::Applied), codec::encode(&meta.last_log_id)?);
         finish.put(
             keys::raft_key(s.group, keys::RaftTag::Membership),
-            codec::encode(&meta.last_membership)?,
+            codec::encode(&StoredMembership::default())?,
         );
-        finish.put(
-            keys::raft_key(s.group, keys::RaftTag::SnapshotMeta),
-            codec::encode(&rec)?,
-        );
+        finish.put(keys::raft_key(s.group, keys::RaftTag::SnapshotMeta), codec::encode(&rec)?);
         snapshot::install_snapshot(s.engine.as_ref(), s.group, path, finish)
     }
 
@@ -337,11 +280,7 @@ impl GroupStateMachine {
         let _guard = s.lock.lock();
         let started = Instant::now();
         // Keep the received file beside our own snapshots: it becomes the current snapshot.
-        let name = format!(
-            "installed-{}-{}.snap",
-            s.group,
-            meta.last_log_id.map(|l| l.index).unwrap_or(0)
-        );
+        let name = format!("installed-{}-{}.snap", s.group, meta.last_log_id.map(|l| l.index).unwrap_or(0));
         let target = s.dir.join(name);
         if file.path != target {
             std::fs::rename(&file.path, &target).map_err(|e| StorageError::Io {
@@ -352,13 +291,9 @@ impl GroupStateMachine {
         let previous = self.current()?;
         self.install_file(meta, &target)?;
         self.remove_old(previous, &target);
-        let view = StateView {
-            engine: s.engine.as_ref(),
-            group: s.group,
-        };
+        let view = StateView { engine: s.engine.as_ref(), group: s.group };
         s.app.restore(s.group, &view)?;
-        s.metrics
-            .observe_snapshot(s.group, "installed", file.size, started.elapsed());
+        s.metrics.observe_snapshot(s.group, "installed", file.size, started.elapsed());
         tracing::info!(group = s.group, last = ?meta.last_log_id, "snapshot installed");
         Ok(())
     }
@@ -424,10 +359,8 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
             let path = PathBuf::from(c.path);
             // A snapshot file that vanished (removed by hand) is as if no snapshot existed:
             // openraft then builds a new one.
-            path.exists().then(|| openraft::Snapshot {
-                meta: c.meta,
-                snapshot: SnapshotFile { path, size: c.size },
-            })
+            path.exists()
+                .then(|| openraft::Snapshot { meta: c.meta, snapshot: SnapshotFile { path, size: c.size } })
         }))
     }
 }

@@ -59,18 +59,8 @@ impl MemRouter {
         cluster_id: Arc<ClusterIdCell>,
         dir: PathBuf,
     ) -> Arc<dyn ClusterNet> {
-        self.nodes.lock().insert(
-            id,
-            Endpoint {
-                handler,
-                cluster_id,
-                dir,
-            },
-        );
-        Arc::new(MemNet {
-            router: self.clone(),
-            me: id,
-        })
+        self.nodes.lock().insert(id, Endpoint { handler, cluster_id, dir });
+        Arc::new(MemNet { router: self.clone(), me: id })
     }
 
     /// Removes node `id` (it crashed): calls to it fail as unreachable.
@@ -104,10 +94,7 @@ impl MemRouter {
         to: NodeId,
     ) -> Result<(Arc<dyn RpcHandler>, Duration, PathBuf), TransportError> {
         let f = self.faults.lock();
-        let unreachable = |reason: &str| TransportError::Unreachable {
-            peer: to,
-            reason: reason.to_string(),
-        };
+        let unreachable = |reason: &str| TransportError::Unreachable { peer: to, reason: reason.to_string() };
         if f.isolated.contains(&from) || f.isolated.contains(&to) {
             return Err(unreachable("isolated by the test"));
         }
@@ -117,10 +104,7 @@ impl MemRouter {
         let delay = f.delay;
         drop(f);
         let nodes = self.nodes.lock();
-        let (src, dst) = (
-            nodes.get(&from),
-            nodes.get(&to).ok_or_else(|| unreachable("node is down"))?,
-        );
+        let (src, dst) = (nodes.get(&from), nodes.get(&to).ok_or_else(|| unreachable("node is down"))?);
         if let (Some(src), Some(theirs)) = (src, src.and_then(|s| s.cluster_id.get())) {
             let _ = src;
             match dst.cluster_id.get() {
@@ -150,17 +134,11 @@ impl ClusterNet for MemNet {
             let (handler, delay, _) = routed?;
             let work = async move {
                 tokio::time::sleep(delay).await;
-                handler
-                    .handle(me, group, kind, body)
-                    .await
-                    .map_err(TransportError::Remote)
+                handler.handle(me, group, kind, body).await.map_err(TransportError::Remote)
             };
             tokio::time::timeout(timeout, work)
                 .await
-                .map_err(|_| TransportError::Timeout {
-                    peer: target,
-                    after: timeout,
-                })?
+                .map_err(|_| TransportError::Timeout { peer: target, after: timeout })?
         })
     }
 
@@ -185,10 +163,7 @@ impl ClusterNet for MemNet {
             })?;
             tokio::time::timeout(timeout, handler.handle_snapshot(me, group, header, dest))
                 .await
-                .map_err(|_| TransportError::Timeout {
-                    peer: target,
-                    after: timeout,
-                })?
+                .map_err(|_| TransportError::Timeout { peer: target, after: timeout })?
                 .map_err(TransportError::Remote)
         })
     }

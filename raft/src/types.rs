@@ -53,10 +53,7 @@ pub enum Body {
 impl Proposal {
     /// An application command without idempotency id.
     pub fn app(command: impl Into<Bytes>) -> Self {
-        Self {
-            id: None,
-            body: Body::App(command.into()),
-        }
+        Self { id: None, body: Body::App(command.into()) }
     }
 
     /// The same proposal with an idempotency id.

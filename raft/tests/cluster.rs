@@ -25,10 +25,7 @@ impl Apply for Counters {
         command: &[u8],
         txn: &mut StateTxn<'_>,
     ) -> Result<Bytes, StorageError> {
-        let cur = txn
-            .get(command)?
-            .map(|v| u64::from_be_bytes(v.try_into().unwrap_or([0; 8])))
-            .unwrap_or(0);
+        let cur = txn.get(command)?.map(|v| u64::from_be_bytes(v.try_into().unwrap_or([0; 8]))).unwrap_or(0);
         let next = cur + 1;
         txn.put(command, &next.to_be_bytes());
         Ok(Bytes::copy_from_slice(&next.to_be_bytes()))
@@ -111,10 +108,8 @@ impl TestCluster {
             let mut leaders = BTreeMap::new();
             let mut ok = true;
             for g in 0..self.groups() {
-                let seen: Vec<Option<NodeId>> = alive
-                    .iter()
-                    .map(|id| self.nodes[id].status()[g as usize].leader)
-                    .collect();
+                let seen: Vec<Option<NodeId>> =
+                    alive.iter().map(|id| self.nodes[id].status()[g as usize].leader).collect();
                 match seen[0] {
                     Some(l) if alive.contains(&l) && seen.iter().all(|s| *s == Some(l)) => {
                         leaders.insert(g, l);
@@ -125,10 +120,7 @@ impl TestCluster {
             if ok {
                 return leaders;
             }
-            assert!(
-                Instant::now() < deadline,
-                "groups not all led within {within:?}: {leaders:?}"
-            );
+            assert!(Instant::now() < deadline, "groups not all led within {within:?}: {leaders:?}");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -152,12 +144,7 @@ impl TestCluster {
 }
 
 fn fast_timing() -> Timing {
-    Timing {
-        heartbeat_ms: 100,
-        election_min_ms: 400,
-        election_max_ms: 800,
-        ..Timing::default()
-    }
+    Timing { heartbeat_ms: 100, election_min_ms: 400, election_max_ms: 800, ..Timing::default() }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -167,18 +154,11 @@ async fn three_nodes_bootstrap_every_group_with_leaders_spread() {
     assert_eq!(leaders.len(), 7);
     // Partition g is initialised by its preferred leader voters[g mod 3], so each node leads some.
     for id in 1..=3 {
-        assert!(
-            leaders.values().any(|l| *l == id),
-            "node {id} leads nothing: {leaders:?}"
-        );
+        assert!(leaders.values().any(|l| *l == id), "node {id} leads nothing: {leaders:?}");
     }
     let cid = c.nodes[&1].cluster_id().expect("cluster id");
     for id in 2..=3 {
-        assert_eq!(
-            c.nodes[&id].cluster_id(),
-            Some(cid),
-            "node {id} learned the cluster id"
-        );
+        assert_eq!(c.nodes[&id].cluster_id(), Some(cid), "node {id} learned the cluster id");
     }
 }
 
@@ -199,11 +179,7 @@ async fn writes_through_any_node_are_applied_everywhere() {
         }
     }
     for via in 1..=3 {
-        assert_eq!(
-            c.read(via, 1, "k").await,
-            expected,
-            "linearizable read on node {via}"
-        );
+        assert_eq!(c.read(via, 1, "k").await, expected, "linearizable read on node {via}");
     }
 }
 
@@ -227,11 +203,7 @@ async fn isolated_leader_loses_its_groups_and_writes_resume() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crashed_node_restarts_and_catches_up_by_snapshot() {
-    let timing = Timing {
-        snapshot_every: 50,
-        keep_behind_snapshot: 10,
-        ..fast_timing()
-    };
+    let timing = Timing { snapshot_every: 50, keep_behind_snapshot: 10, ..fast_timing() };
     let mut c = TestCluster::start(3, 1, timing).await;
     c.wait_all_led(&[1, 2, 3], Duration::from_secs(20)).await;
     c.incr(1, 1, "s").await;
@@ -243,29 +215,19 @@ async fn crashed_node_restarts_and_catches_up_by_snapshot() {
     }
     // The leader snapshotted and purged past what node 3 has.
     let leader_status = c.nodes[&1].status();
-    assert!(
-        leader_status[1].purged.is_some() || c.nodes[&2].status()[1].purged.is_some(),
-        "log purged"
-    );
+    assert!(leader_status[1].purged.is_some() || c.nodes[&2].status()[1].purged.is_some(), "log purged");
     c.boot(3).await;
     c.wait_all_led(&[1, 2, 3], Duration::from_secs(20)).await;
     assert_eq!(c.read(3, 1, "s").await, last, "restarted node caught up");
     let st = &c.nodes[&3].status()[1];
-    assert!(
-        st.snapshot.is_some(),
-        "node 3 caught up through a snapshot: {st:?}"
-    );
+    assert!(st.snapshot.is_some(), "node 3 caught up through a snapshot: {st:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retried_proposal_applies_once_and_gets_the_same_response() {
     let c = TestCluster::start(1, 1, fast_timing()).await;
     c.wait_all_led(&[1], Duration::from_secs(10)).await;
-    let id = ProposalId {
-        origin: 1,
-        incarnation: 7,
-        seq: 1,
-    };
+    let id = ProposalId { origin: 1, incarnation: 7, seq: 1 };
     let p = Proposal::app(Bytes::from_static(b"once")).with_id(id);
     let first = c.nodes[&1].propose(1, p.clone()).await.expect("commit");
     let again = c.nodes[&1].propose(1, p).await.expect("commit");
@@ -305,14 +267,8 @@ async fn add_node_then_remove_node_by_plan() {
     c.engines.insert(4, Arc::new(MemEngine::new()));
     c.dirs.insert(4, tempfile::tempdir().expect("tempdir"));
     c.boot(4).await;
-    let plan = c.nodes[&2]
-        .add_node(4, addr(4).to_string())
-        .await
-        .expect("plan starts");
-    assert!(
-        c.nodes[&3].add_node(5, addr(5).to_string()).await.is_err(),
-        "one plan at a time"
-    );
+    let plan = c.nodes[&2].add_node(4, addr(4).to_string()).await.expect("plan starts");
+    assert!(c.nodes[&3].add_node(5, addr(5).to_string()).await.is_err(), "one plan at a time");
     let done = wait_plan_finished(&c.nodes[&1], plan.id, Duration::from_secs(60)).await;
     assert_eq!(done.finished, Some(None), "plan succeeded");
     let nodes = c.nodes[&4].cluster_nodes().await;
@@ -320,16 +276,9 @@ async fn add_node_then_remove_node_by_plan() {
     // Every group now lists node 4 (voter where placement says so, learner elsewhere), and node 4 has the data.
     let st = c.nodes[&1].status();
     for g in &st {
-        assert!(
-            g.voters.contains(&4) || g.learners.contains(&4),
-            "group {} lacks node 4: {g:?}",
-            g.group
-        );
+        assert!(g.voters.contains(&4) || g.learners.contains(&4), "group {} lacks node 4: {g:?}", g.group);
     }
-    assert!(
-        st.iter().filter(|g| g.voters.contains(&4)).count() >= 2,
-        "node 4 votes somewhere: {st:?}"
-    );
+    assert!(st.iter().filter(|g| g.voters.contains(&4)).count() >= 2, "node 4 votes somewhere: {st:?}");
     for g in 0..c.groups() {
         assert_eq!(c.read(4, g, "m").await, 1, "group {g} replicated to node 4");
     }
@@ -350,5 +299,56 @@ async fn add_node_then_remove_node_by_plan() {
     c.wait_all_led(&[1, 3, 4], Duration::from_secs(20)).await;
     for g in 0..c.groups() {
         assert_eq!(c.incr(3, g, "m").await, 2, "group {g} writable without node 2");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_nodes_three_voters_per_group_and_the_fourth_follows_as_learner() {
+    let c = TestCluster::start(4, 4, fast_timing()).await;
+    c.wait_all_led(&[1, 2, 3, 4], Duration::from_secs(20)).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let st = c.nodes[&1].status();
+        let complete = st.iter().all(|g| g.voters.len() == 3 && g.learners.len() == 1);
+        if complete {
+            break;
+        }
+        assert!(Instant::now() < deadline, "groups not 3 voters + 1 learner: {st:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for g in 0..c.groups() {
+        let v = c.incr(1, g, "l").await;
+        assert_eq!(v, 1);
+        for id in 1..=4 {
+            assert_eq!(c.read(id, g, "l").await, 1, "group {g} on node {id}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_commit_through_message_loss_and_delay() {
+    let c = TestCluster::start(3, 2, fast_timing()).await;
+    c.wait_all_led(&[1, 2, 3], Duration::from_secs(20)).await;
+    c.router.set_delay(Duration::from_millis(5));
+    c.router.set_drop_rate(0.05);
+    let mut last = 0;
+    for i in 0..100u64 {
+        // Idempotent proposals, so a retry after a lost reply applies once.
+        let id = ProposalId { origin: 9, incarnation: 1, seq: i + 1 };
+        let p = Proposal::app(Bytes::from_static(b"lossy")).with_id(id);
+        let r = loop {
+            match c.nodes[&((i % 3) + 1)].propose(1, p.clone()).await {
+                Ok(r) => break r,
+                Err(e) => assert!(e.is_retriable(), "{e}"),
+            }
+        };
+        let v = u64::from_be_bytes(r.as_ref().try_into().expect("8 bytes"));
+        assert_eq!(v, last + 1, "each command applied exactly once");
+        last = v;
+    }
+    c.router.set_drop_rate(0.0);
+    c.router.set_delay(Duration::ZERO);
+    for id in 1..=3 {
+        assert_eq!(c.read(id, 1, "lossy").await, 100);
     }
 }

@@ -106,12 +106,7 @@ async fn node_with(
         connect_timeout: DEFAULT_CONNECT_TIMEOUT,
     };
     let t = Transport::start(cfg, cell.clone(), echo.clone()).await?;
-    Ok(Node {
-        t,
-        cell,
-        echo,
-        _dir: dir,
-    })
+    Ok(Node { t, cell, echo, _dir: dir })
 }
 
 async fn node(id: NodeId, security: Security, cluster: Option<Uuid>) -> Result<Node, TransportError> {
@@ -167,13 +162,8 @@ async fn two_nodes_call_each_other_for_every_kind_and_group() -> TestResult {
 #[tokio::test]
 async fn handler_error_reaches_the_caller_as_remote() -> TestResult {
     let (a, b) = pair(secret()).await?;
-    let err =
-        a.t.call(2, 0, RpcKind::Forward, Bytes::from_static(b"fail"), T)
-            .await;
-    assert!(
-        matches!(&err, Err(TransportError::Remote(m)) if m == "handler refused Forward"),
-        "{err:?}"
-    );
+    let err = a.t.call(2, 0, RpcKind::Forward, Bytes::from_static(b"fail"), T).await;
+    assert!(matches!(&err, Err(TransportError::Remote(m)) if m == "handler refused Forward"), "{err:?}");
     a.t.shutdown().await;
     b.t.shutdown().await;
     Ok(())
@@ -186,9 +176,7 @@ async fn a_thousand_concurrent_calls_are_all_answered() -> TestResult {
         let t = a.t.clone();
         async move {
             let body = Bytes::from(i.to_be_bytes().to_vec());
-            let reply = t
-                .call(2, (i % 17) as u16, RpcKind::Append, body, Duration::from_secs(30))
-                .await;
+            let reply = t.call(2, (i % 17) as u16, RpcKind::Append, body, Duration::from_secs(30)).await;
             (i, reply)
         }
     });
@@ -219,13 +207,8 @@ async fn oversized_frame_is_refused_by_the_receiver() -> TestResult {
     );
     assert_eq!(b.echo.calls.load(Ordering::SeqCst), 0);
     // The sender checks its own limit without touching the network.
-    let err =
-        b.t.call(1, 0, RpcKind::Append, Bytes::from(vec![0u8; 1025]), T)
-            .await;
-    assert!(
-        matches!(err, Err(TransportError::FrameTooLarge { len: 1025, max: 1024 })),
-        "{err:?}"
-    );
+    let err = b.t.call(1, 0, RpcKind::Append, Bytes::from(vec![0u8; 1025]), T).await;
+    assert!(matches!(err, Err(TransportError::FrameTooLarge { len: 1025, max: 1024 })), "{err:?}");
     // Still usable afterwards.
     assert_eq!(
         a.t.call(2, 0, RpcKind::Vote, Bytes::from_static(b"x"), T).await?,
@@ -248,9 +231,9 @@ async fn oversized_header_is_refused_before_any_body_byte() -> TestResult {
 
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = rustls::RootCertStore::empty();
-    for c in rustls_pemfile::certs(&mut std::io::BufReader::new(std::fs::File::open(
-        dir.path().join("ca.pem"),
-    )?)) {
+    for c in
+        rustls_pemfile::certs(&mut std::io::BufReader::new(std::fs::File::open(dir.path().join("ca.pem"))?))
+    {
         roots.add(c?)?;
     }
     let chain = rustls_pemfile::certs(&mut std::io::BufReader::new(std::fs::File::open(
@@ -269,19 +252,10 @@ async fn oversized_header_is_refused_before_any_body_byte() -> TestResult {
     let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls)?;
     let mut endpoint = quinn::Endpoint::client(loopback())?;
     endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(quic)));
-    let conn = endpoint
-        .connect(server.t.local_addr(), CLUSTER_SERVER_NAME)?
-        .await?;
+    let conn = endpoint.connect(server.t.local_addr(), CLUSTER_SERVER_NAME)?.await?;
 
     let (mut send, mut recv) = conn.open_bi().await?;
-    send.write_all(
-        &Hello {
-            node_id: 9,
-            mac: None,
-        }
-        .encode(),
-    )
-    .await?;
+    send.write_all(&Hello { node_id: 9, mac: None }.encode()).await?;
     let mut hello = [0u8; HELLO_FIXED_LEN];
     recv.read_exact(&mut hello).await?;
     assert_eq!(Hello::decode_fixed(&hello)?, (1, 0));
@@ -331,10 +305,7 @@ async fn wrong_cluster_secret_is_refused_with_an_auth_error() -> TestResult {
     c.t.set_peer(1, a.t.local_addr());
     let err = c.t.call(1, 0, RpcKind::Vote, Bytes::new(), T).await;
     assert!(matches!(err, Err(TransportError::Auth(_))), "{err:?}");
-    assert_eq!(
-        a.echo.calls.load(Ordering::SeqCst) + b.echo.calls.load(Ordering::SeqCst),
-        0
-    );
+    assert_eq!(a.echo.calls.load(Ordering::SeqCst) + b.echo.calls.load(Ordering::SeqCst), 0);
     for n in [a, b, c] {
         n.t.shutdown().await;
     }
@@ -352,10 +323,7 @@ async fn cluster_id_mismatch_is_refused_naming_both_ids() -> TestResult {
         Err(e @ TransportError::ClusterMismatch { ours, theirs }) => {
             assert_eq!((ours, theirs), (x, y));
             let msg = e.to_string();
-            assert!(
-                msg.contains(&x.to_string()) && msg.contains(&y.to_string()),
-                "{msg}"
-            );
+            assert!(msg.contains(&x.to_string()) && msg.contains(&y.to_string()), "{msg}");
         }
         other => panic!("expected ClusterMismatch, got {other:?}"),
     }
@@ -423,10 +391,7 @@ async fn certificate_mode_works_and_a_foreign_ca_is_refused() -> TestResult {
     assert_eq!(added.len(), 2, "the existing CA is reused, not rewritten");
     let c = node(3, certs_security(ours.path(), 3), id).await?;
     link(&a, 1, &c, 3);
-    assert_eq!(
-        c.t.call(1, 0, RpcKind::Vote, Bytes::new(), T).await?,
-        Bytes::from_static(b"3/0/Vote:")
-    );
+    assert_eq!(c.t.call(1, 0, RpcKind::Vote, Bytes::new(), T).await?, Bytes::from_static(b"3/0/Vote:"));
 
     // Node 4's certificate comes from another CA: refused in both directions.
     let foreign = tempfile::tempdir()?;
@@ -466,27 +431,14 @@ async fn snapshot_file_arrives_with_identical_bytes() -> TestResult {
         .collect();
     std::fs::write(&src, &data)?;
     let reply =
-        a.t.send_snapshot(
-            2,
-            5,
-            Bytes::from_static(b"meta: term 3"),
-            &src,
-            Duration::from_secs(30),
-        )
-        .await?;
+        a.t.send_snapshot(2, 5, Bytes::from_static(b"meta: term 3"), &src, Duration::from_secs(30)).await?;
     let received = PathBuf::from(String::from_utf8(reply.to_vec())?);
     assert_eq!(std::fs::read(&received)?, data);
     let snaps = b.echo.snapshots.lock().map_err(|_| "poisoned")?.clone();
     assert_eq!(snaps.len(), 1);
-    assert_eq!(
-        (snaps[0].0, snaps[0].1, snaps[0].2.as_ref()),
-        (1, 5, b"meta: term 3".as_ref())
-    );
+    assert_eq!((snaps[0].0, snaps[0].1, snaps[0].2.as_ref()), (1, 5, b"meta: term 3".as_ref()));
     // Requests keep flowing on the same connection.
-    assert_eq!(
-        a.t.call(2, 5, RpcKind::Append, Bytes::new(), T).await?,
-        Bytes::from_static(b"1/5/Append:")
-    );
+    assert_eq!(a.t.call(2, 5, RpcKind::Append, Bytes::new(), T).await?, Bytes::from_static(b"1/5/Append:"));
     a.t.shutdown().await;
     b.t.shutdown().await;
     Ok(())
@@ -506,18 +458,12 @@ async fn a_down_peer_fails_fast() -> TestResult {
     a.t.set_peer(3, gone_addr);
     for peer in [2, 3, 2] {
         let start = Instant::now();
-        let err =
-            a.t.call(peer, 0, RpcKind::Append, Bytes::new(), Duration::from_secs(10))
-                .await;
+        let err = a.t.call(peer, 0, RpcKind::Append, Bytes::new(), Duration::from_secs(10)).await;
         assert!(
             matches!(err, Err(TransportError::Unreachable { peer: p, .. } | TransportError::Timeout { peer: p, .. }) if p == peer),
             "{err:?}"
         );
-        assert!(
-            start.elapsed() < Duration::from_secs(2),
-            "took {:?}",
-            start.elapsed()
-        );
+        assert!(start.elapsed() < Duration::from_secs(2), "took {:?}", start.elapsed());
     }
     a.t.shutdown().await;
     Ok(())
@@ -542,9 +488,7 @@ async fn shutdown_completes_and_later_calls_fail() -> TestResult {
     tokio::time::timeout(T, a.t.shutdown()).await?;
     let err = a.t.call(2, 0, RpcKind::Append, Bytes::new(), T).await;
     assert!(matches!(err, Err(TransportError::Closed)), "{err:?}");
-    let err =
-        b.t.call(1, 0, RpcKind::Append, Bytes::new(), Duration::from_secs(3))
-            .await;
+    let err = b.t.call(1, 0, RpcKind::Append, Bytes::new(), Duration::from_secs(3)).await;
     assert!(err.is_err(), "{err:?}");
     tokio::time::timeout(T, b.t.shutdown()).await?;
     Ok(())
@@ -554,31 +498,14 @@ async fn shutdown_completes_and_later_calls_fail() -> TestResult {
 async fn a_hung_handler_times_out_and_does_not_block_shutdown() -> TestResult {
     let (a, b) = pair(secret()).await?;
     let after = Duration::from_millis(300);
-    let err =
-        a.t.call(2, 0, RpcKind::Read, Bytes::from_static(b"hang"), after)
-            .await;
-    assert!(
-        matches!(err, Err(TransportError::Timeout { peer: 2, after: d }) if d == after),
-        "{err:?}"
-    );
+    let err = a.t.call(2, 0, RpcKind::Read, Bytes::from_static(b"hang"), after).await;
+    assert!(matches!(err, Err(TransportError::Timeout { peer: 2, after: d }) if d == after), "{err:?}");
     // Other requests on the same connection are not held up by the stuck one.
     let stuck = tokio::spawn({
         let t = a.t.clone();
-        async move {
-            t.call(
-                2,
-                0,
-                RpcKind::Read,
-                Bytes::from_static(b"hang"),
-                Duration::from_secs(60),
-            )
-            .await
-        }
+        async move { t.call(2, 0, RpcKind::Read, Bytes::from_static(b"hang"), Duration::from_secs(60)).await }
     });
-    assert_eq!(
-        a.t.call(2, 0, RpcKind::Vote, Bytes::new(), T).await?,
-        Bytes::from_static(b"1/0/Vote:")
-    );
+    assert_eq!(a.t.call(2, 0, RpcKind::Vote, Bytes::new(), T).await?, Bytes::from_static(b"1/0/Vote:"));
     // b's stuck handler tasks are cancelled by its shutdown; a's pending call then fails.
     tokio::time::timeout(T, b.t.shutdown()).await?;
     let stuck = tokio::time::timeout(T, stuck).await??;
@@ -590,19 +517,13 @@ async fn a_hung_handler_times_out_and_does_not_block_shutdown() -> TestResult {
 #[tokio::test]
 async fn a_moved_peer_is_dialled_at_its_new_address_and_a_removed_one_is_unknown() -> TestResult {
     let cluster = Some(Uuid::new_v4());
-    let (a, old_b) = (
-        node(1, secret(), cluster).await?,
-        node(2, secret(), cluster).await?,
-    );
+    let (a, old_b) = (node(1, secret(), cluster).await?, node(2, secret(), cluster).await?);
     link(&a, 1, &old_b, 2);
     a.t.call(2, 0, RpcKind::Append, Bytes::new(), T).await?;
     old_b.t.shutdown().await;
     let new_b = node(2, secret(), cluster).await?;
     a.t.set_peer(2, new_b.t.local_addr());
-    assert_eq!(
-        a.t.call(2, 1, RpcKind::Append, Bytes::new(), T).await?,
-        Bytes::from_static(b"1/1/Append:")
-    );
+    assert_eq!(a.t.call(2, 1, RpcKind::Append, Bytes::new(), T).await?, Bytes::from_static(b"1/1/Append:"));
     assert_eq!(new_b.echo.calls.load(Ordering::SeqCst), 1);
     a.t.remove_peer(2);
     let err = a.t.call(2, 0, RpcKind::Append, Bytes::new(), T).await;
@@ -615,10 +536,7 @@ async fn a_moved_peer_is_dialled_at_its_new_address_and_a_removed_one_is_unknown
 #[tokio::test]
 async fn a_wrong_node_behind_an_address_is_not_used() -> TestResult {
     let cluster = Some(Uuid::new_v4());
-    let (a, c) = (
-        node(1, secret(), cluster).await?,
-        node(3, secret(), cluster).await?,
-    );
+    let (a, c) = (node(1, secret(), cluster).await?, node(3, secret(), cluster).await?);
     // Misconfiguration: node 2's address actually belongs to node 3.
     a.t.set_peer(2, c.t.local_addr());
     let err = a.t.call(2, 0, RpcKind::Append, Bytes::new(), T).await;

@@ -27,10 +27,8 @@ fn config() -> impl bincode::config::Config {
 pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, StorageError> {
     let what = || std::any::type_name::<T>().to_string();
     let mut out = vec![FORMAT_VERSION];
-    bincode::serde::encode_into_std_write(value, &mut out, config()).map_err(|e| StorageError::Rejected {
-        what: what(),
-        detail: e.to_string(),
-    })?;
+    bincode::serde::encode_into_std_write(value, &mut out, config())
+        .map_err(|e| StorageError::Rejected { what: what(), detail: e.to_string() })?;
     if out.len() - 1 > MAX_VALUE {
         return Err(StorageError::Rejected {
             what: what(),
@@ -47,10 +45,7 @@ pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, StorageError>
 /// [`StorageError::NewerFormat`]. Never panics, whatever the input.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, StorageError> {
     let Some((&version, body)) = bytes.split_first() else {
-        return Err(StorageError::corrupt(
-            what,
-            "empty value (no format version byte)",
-        ));
+        return Err(StorageError::corrupt(what, "empty value (no format version byte)"));
     };
     if version > FORMAT_VERSION {
         return Err(StorageError::NewerFormat {
@@ -60,10 +55,7 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, Storag
         });
     }
     if version != FORMAT_VERSION {
-        return Err(StorageError::corrupt(
-            what,
-            format!("unknown storage format version {version}"),
-        ));
+        return Err(StorageError::corrupt(what, format!("unknown storage format version {version}")));
     }
     let (value, used) = bincode::serde::decode_from_slice::<T, _>(body, config())
         .map_err(|e| StorageError::corrupt(what, format!("undecodable value: {e}")))?;
@@ -131,21 +123,11 @@ mod tests {
 
     #[test]
     fn empty_older_newer_and_trailing_are_errors() {
-        assert!(matches!(
-            decode::<u64>(&[], "k"),
-            Err(StorageError::Corrupt { .. })
-        ));
-        assert!(matches!(
-            decode::<u64>(&[0, 1], "k"),
-            Err(StorageError::Corrupt { .. })
-        ));
+        assert!(matches!(decode::<u64>(&[], "k"), Err(StorageError::Corrupt { .. })));
+        assert!(matches!(decode::<u64>(&[0, 1], "k"), Err(StorageError::Corrupt { .. })));
         assert!(matches!(
             decode::<u64>(&[2, 1], "k"),
-            Err(StorageError::NewerFormat {
-                found: 2,
-                supported: 1,
-                ..
-            })
+            Err(StorageError::NewerFormat { found: 2, supported: 1, .. })
         ));
         let mut bytes = encode(&7u64).unwrap();
         bytes.push(0);
@@ -163,30 +145,10 @@ mod tests {
     #[test]
     fn length_bomb_is_an_error_not_an_allocation() {
         // Version, then a varint length of u64::MAX for the Vec<u8>.
-        let bomb = [
-            FORMAT_VERSION,
-            0xFF,
-            0xFF,
-            0xFF,
-            0xFF,
-            0xFF,
-            0xFF,
-            0xFF,
-            0xFF,
-            0xFF,
-        ];
-        assert!(matches!(
-            decode::<Vec<u8>>(&bomb, "bomb"),
-            Err(StorageError::Corrupt { .. })
-        ));
-        assert!(matches!(
-            decode::<String>(&bomb, "bomb"),
-            Err(StorageError::Corrupt { .. })
-        ));
-        assert!(matches!(
-            decode::<Sample>(&bomb, "bomb"),
-            Err(StorageError::Corrupt { .. })
-        ));
+        let bomb = [FORMAT_VERSION, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF];
+        assert!(matches!(decode::<Vec<u8>>(&bomb, "bomb"), Err(StorageError::Corrupt { .. })));
+        assert!(matches!(decode::<String>(&bomb, "bomb"), Err(StorageError::Corrupt { .. })));
+        assert!(matches!(decode::<Sample>(&bomb, "bomb"), Err(StorageError::Corrupt { .. })));
     }
 
     /// Decodes many random and mutated inputs; it must return, never panic.
@@ -234,11 +196,7 @@ mod tests {
         }
         let exe = std::env::current_exe().unwrap();
         let out = std::process::Command::new(exe)
-            .args([
-                "--exact",
-                "codec::tests::random_bytes_never_abort_the_process",
-                "--test-threads=1",
-            ])
+            .args(["--exact", "codec::tests::random_bytes_never_abort_the_process", "--test-threads=1"])
             .env(CHILD_ENV, "1")
             .output()
             .unwrap();

@@ -77,18 +77,12 @@ pub enum StorageError {
 impl StorageError {
     /// Builds an [`StorageError::Io`] error.
     pub fn io(what: impl Into<String>, source: io::Error) -> Self {
-        StorageError::Io {
-            what: what.into(),
-            source,
-        }
+        StorageError::Io { what: what.into(), source }
     }
 
     /// Builds a [`StorageError::Corrupt`] error.
     pub fn corrupt(what: impl Into<String>, detail: impl Into<String>) -> Self {
-        StorageError::Corrupt {
-            what: what.into(),
-            detail: detail.into(),
-        }
+        StorageError::Corrupt { what: what.into(), detail: detail.into() }
     }
 
     /// The [`io::ErrorKind`] that best describes this error.
@@ -124,11 +118,7 @@ mod tests {
         assert!(s.contains("write of group 3 log"), "{s}");
         assert!(s.contains("disk space"), "{s}");
 
-        let e = StorageError::NewerFormat {
-            what: "key 00 03 02 01".into(),
-            found: 7,
-            supported: 1,
-        };
+        let e = StorageError::NewerFormat { what: "key 00 03 02 01".into(), found: 7, supported: 1 };
         assert!(e.to_string().contains("format 7"));
     }
 

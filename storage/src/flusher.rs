@@ -98,9 +98,7 @@ pub struct Flusher {
 
 impl std::fmt::Debug for Flusher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Flusher")
-            .field("closed", &self.tx.is_closed())
-            .finish()
+        f.debug_struct("Flusher").field("closed", &self.tx.is_closed()).finish()
     }
 }
 
@@ -109,21 +107,12 @@ impl Flusher {
     pub fn start(engine: Arc<dyn KvEngine>) -> Result<Flusher, StorageError> {
         let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
         let stats = Arc::new(FlusherStats::default());
-        let worker = Worker {
-            engine,
-            rx,
-            stats: stats.clone(),
-            failed: None,
-        };
+        let worker = Worker { engine, rx, stats: stats.clone(), failed: None };
         let handle = std::thread::Builder::new()
             .name("ironhub-log-flush".into())
             .spawn(move || worker.run())
             .map_err(|e| StorageError::io("spawning the ironhub-log-flush thread", e))?;
-        Ok(Flusher {
-            tx,
-            stats,
-            thread: Arc::new(ThreadGuard(Mutex::new(Some(handle)))),
-        })
+        Ok(Flusher { tx, stats, thread: Arc::new(ThreadGuard(Mutex::new(Some(handle)))) })
     }
 
     /// The flusher's counters.
@@ -137,13 +126,7 @@ impl Flusher {
         let done: Completion = Box::new(move |res| {
             let _ = tx.send(res);
         });
-        self.submit(Job::Write {
-            batch,
-            entries: 0,
-            written: None,
-            done: Some(done),
-        })
-        .await?;
+        self.submit(Job::Write { batch, entries: 0, written: None, done: Some(done) }).await?;
         rx.await.map_err(|_| StorageError::Closed)?
     }
 
@@ -151,13 +134,7 @@ impl Flusher {
     ///
     /// It becomes durable with the next round's fsync; a failure makes every later job fail.
     pub async fn write_unsynced(&self, batch: WriteBatch) -> Result<(), StorageError> {
-        self.submit(Job::Write {
-            batch,
-            entries: 0,
-            written: None,
-            done: None,
-        })
-        .await
+        self.submit(Job::Write { batch, entries: 0, written: None, done: None }).await
     }
 
     /// Queues a job; waits while the queue is full.
@@ -234,17 +211,9 @@ impl Worker {
             let mut writes = Vec::with_capacity(jobs.len());
             for job in jobs.drain(..) {
                 match job {
-                    Job::Write {
-                        batch,
-                        entries,
-                        written,
-                        done,
-                    } => writes.push(Pending {
-                        batch,
-                        entries,
-                        written,
-                        done,
-                    }),
+                    Job::Write { batch, entries, written, done } => {
+                        writes.push(Pending { batch, entries, written, done })
+                    }
                     Job::Shutdown(ack) => {
                         acks.push(ack);
                         if !stopping {
@@ -272,13 +241,7 @@ impl Worker {
         let mut result = self.check_failed();
         let mut merged = WriteBatch::new();
         let mut merged_bytes = 0;
-        for Pending {
-            batch,
-            entries: n,
-            written,
-            done,
-        } in writes
-        {
+        for Pending { batch, entries: n, written, done } in writes {
             entries += n;
             marks.extend(written);
             dones.extend(done);

@@ -65,10 +65,7 @@ pub fn log_key(group: GroupId, index: u64) -> Vec<u8> {
 
 /// `[start, end)` covering every log key of `group`.
 pub fn log_range(group: GroupId) -> (Vec<u8>, Vec<u8>) {
-    (
-        group_space(group, SPACE_LOG, 0),
-        group_space(group, SPACE_LOG + 1, 0),
-    )
+    (group_space(group, SPACE_LOG, 0), group_space(group, SPACE_LOG + 1, 0))
 }
 
 /// Decodes a log key into its group and index; `None` if `key` is not a log key.
@@ -91,10 +88,7 @@ pub fn raft_key(group: GroupId, tag: RaftTag) -> Vec<u8> {
 
 /// `[start, end)` covering every raft bookkeeping record of `group`.
 pub fn raft_range(group: GroupId) -> (Vec<u8>, Vec<u8>) {
-    (
-        group_space(group, SPACE_RAFT, 0),
-        group_space(group, SPACE_RAFT + 1, 0),
-    )
+    (group_space(group, SPACE_RAFT, 0), group_space(group, SPACE_RAFT + 1, 0))
 }
 
 /// The prefix of every application key of `group`.
@@ -111,10 +105,7 @@ pub fn data_key(group: GroupId, key: &[u8]) -> Vec<u8> {
 
 /// `[start, end)` covering every application key of `group`.
 pub fn data_range(group: GroupId) -> (Vec<u8>, Vec<u8>) {
-    (
-        group_space(group, SPACE_DATA, 0),
-        group_space(group, SPACE_DATA + 1, 0),
-    )
+    (group_space(group, SPACE_DATA, 0), group_space(group, SPACE_DATA + 1, 0))
 }
 
 /// `[start, end)` covering every key of `group` (log, raft records and data).
@@ -156,23 +147,12 @@ mod tests {
 
     #[test]
     fn log_keys_sort_by_group_then_index() {
-        let mut keys = vec![
-            log_key(2, 1),
-            log_key(1, 256),
-            log_key(1, 2),
-            log_key(1, u64::MAX),
-            log_key(0, 9),
-        ];
+        let mut keys =
+            vec![log_key(2, 1), log_key(1, 256), log_key(1, 2), log_key(1, u64::MAX), log_key(0, 9)];
         keys.sort();
         assert_eq!(
             keys,
-            vec![
-                log_key(0, 9),
-                log_key(1, 2),
-                log_key(1, 256),
-                log_key(1, u64::MAX),
-                log_key(2, 1)
-            ]
+            vec![log_key(0, 9), log_key(1, 2), log_key(1, 256), log_key(1, u64::MAX), log_key(2, 1)]
         );
     }
 
@@ -197,11 +177,7 @@ mod tests {
             assert!(within(&raft_key(g, RaftTag::SnapshotMeta), &raft_range(g)));
             assert!(!within(&data_key(g, b""), &raft_range(g)));
             assert!(within(&data_key(g, b""), &dr) && within(&data_key(g, &[0xFF; 40]), &dr));
-            for k in [
-                log_key(g, 5),
-                raft_key(g, RaftTag::SnapshotMeta),
-                data_key(g, &[0xFF; 9]),
-            ] {
+            for k in [log_key(g, 5), raft_key(g, RaftTag::SnapshotMeta), data_key(g, &[0xFF; 9])] {
                 assert!(within(&k, &gr));
             }
             if g < NODE_GROUP {

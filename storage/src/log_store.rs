@@ -203,10 +203,7 @@ where
             group,
             engine,
             flusher,
-            shared: Arc::new(Shared {
-                log: Mutex::new(log),
-                written: Arc::new(AtomicU64::new(0)),
-            }),
+            shared: Arc::new(Shared { log: Mutex::new(log), written: Arc::new(AtomicU64::new(0)) }),
         })
     }
 
@@ -237,11 +234,8 @@ where
                     return Ok(Vec::new());
                 }
                 let split = log.cache_lo.clamp(s, e);
-                let cached: Vec<C::Entry> = log
-                    .cache
-                    .range(split..e)
-                    .map(|(_, (_, ent))| ent.clone())
-                    .collect();
+                let cached: Vec<C::Entry> =
+                    log.cache.range(split..e).map(|(_, (_, ent))| ent.clone()).collect();
                 if cached.len() as u64 != e - split {
                     return Err(self.hole(split, e, "cache"));
                 }
@@ -375,10 +369,7 @@ where
 
     async fn get_log_state(&mut self) -> Result<LogState<C>, io::Error> {
         let log = self.shared.log.lock();
-        Ok(LogState {
-            last_purged_log_id: log.last_purged.clone(),
-            last_log_id: log.last_log_id.clone(),
-        })
+        Ok(LogState { last_purged_log_id: log.last_purged.clone(), last_log_id: log.last_log_id.clone() })
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -441,11 +432,7 @@ where
             let _removed = log.cache.split_off(&from);
             log.next = from.max(log.first);
             log.cache_lo = log.cache_lo.min(log.next);
-            log.last_log_id = if log.next > log.first {
-                last_log_id
-            } else {
-                log.last_purged.clone()
-            };
+            log.last_log_id = if log.next > log.first { last_log_id } else { log.last_purged.clone() };
             log.epoch += 1;
         }
         let mut batch = WriteBatch::new();
@@ -458,21 +445,13 @@ where
         let upto = log_id.index() + 1;
         {
             let mut log = self.shared.log.lock();
-            if log
-                .last_purged
-                .as_ref()
-                .is_some_and(|p| p.index() >= log_id.index())
-            {
+            if log.last_purged.as_ref().is_some_and(|p| p.index() >= log_id.index()) {
                 return Ok(());
             }
             log.last_purged = Some(log_id.clone());
             log.first = log.first.max(upto);
             log.next = log.next.max(log.first);
-            if log
-                .last_log_id
-                .as_ref()
-                .is_none_or(|l| l.index() < log_id.index())
-            {
+            if log.last_log_id.as_ref().is_none_or(|l| l.index() < log_id.index()) {
                 log.last_log_id = Some(log_id.clone());
             }
             log.cache = log.cache.split_off(&upto);
@@ -482,10 +461,7 @@ where
         // PURGED first, then the entries: openraft ignores entries at or below it anyway.
         let mut batch = WriteBatch::new();
         batch
-            .put(
-                keys::raft_key(self.group, RaftTag::Purged),
-                codec::encode(&log_id)?,
-            )
+            .put(keys::raft_key(self.group, RaftTag::Purged), codec::encode(&log_id)?)
             .delete_range(keys::log_range(self.group).0, keys::log_key(self.group, upto));
         self.flusher.write_unsynced(batch).await?;
         Ok(())

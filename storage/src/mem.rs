@@ -56,10 +56,8 @@ impl KvEngine for MemEngine {
                 }
                 WriteOp::DeleteRange(s, e) => {
                     if s < e {
-                        let doomed: Vec<Vec<u8>> = map
-                            .range::<[u8], _>(range(s, e))
-                            .map(|(k, _)| k.clone())
-                            .collect();
+                        let doomed: Vec<Vec<u8>> =
+                            map.range::<[u8], _>(range(s, e)).map(|(k, _)| k.clone()).collect();
                         for k in doomed {
                             map.remove(&k);
                         }
@@ -79,11 +77,7 @@ impl KvEngine for MemEngine {
             return Ok(Vec::new());
         }
         let map = self.map.read();
-        Ok(map
-            .range::<[u8], _>(range(start, end))
-            .take(limit)
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect())
+        Ok(map.range::<[u8], _>(range(start, end)).take(limit).map(|(k, v)| (k.clone(), v.clone())).collect())
     }
 
     fn scan_consistent(&self, start: &[u8], end: &[u8], f: &mut ScanVisitor<'_>) -> Result<(), StorageError> {
@@ -101,10 +95,7 @@ impl KvEngine for MemEngine {
             return Ok(None);
         }
         let map = self.map.read();
-        Ok(map
-            .range::<[u8], _>(range(start, end))
-            .next_back()
-            .map(|(k, v)| (k.clone(), v.clone())))
+        Ok(map.range::<[u8], _>(range(start, end)).next_back().map(|(k, v)| (k.clone(), v.clone())))
     }
 }
 

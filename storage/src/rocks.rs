@@ -51,10 +51,7 @@ impl RocksEngine {
         opts.set_keep_log_file_num(4);
         let db = DB::open(&opts, dir)
             .map_err(|e| convert(e, "open", format!("RocksDB database {}", dir.display())))?;
-        Ok(Self {
-            db,
-            path: dir.to_path_buf(),
-        })
+        Ok(Self { db, path: dir.to_path_buf() })
     }
 
     /// The directory the database lives in.
@@ -69,15 +66,8 @@ impl RocksEngine {
 
 fn convert(e: rocksdb::Error, op: &'static str, what: String) -> StorageError {
     match e.kind() {
-        rocksdb::ErrorKind::Corruption => StorageError::Corrupt {
-            what,
-            detail: e.into_string(),
-        },
-        _ => StorageError::Engine {
-            op,
-            what,
-            msg: e.into_string(),
-        },
+        rocksdb::ErrorKind::Corruption => StorageError::Corrupt { what, detail: e.into_string() },
+        _ => StorageError::Engine { op, what, msg: e.into_string() },
     }
 }
 
@@ -87,9 +77,7 @@ fn range_name(start: &[u8], end: &[u8]) -> String {
 
 impl KvEngine for RocksEngine {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
-        self.db
-            .get(key)
-            .map_err(|e| self.err(e, "read", keys::describe(key)))
+        self.db.get(key).map_err(|e| self.err(e, "read", keys::describe(key)))
     }
 
     fn write(&self, batch: &WriteBatch, sync: bool) -> Result<(), StorageError> {
@@ -111,9 +99,7 @@ impl KvEngine for RocksEngine {
     }
 
     fn flush_wal(&self, sync: bool) -> Result<(), StorageError> {
-        self.db
-            .flush_wal(sync)
-            .map_err(|e| self.err(e, "flush", "the write-ahead log"))
+        self.db.flush_wal(sync).map_err(|e| self.err(e, "flush", "the write-ahead log"))
     }
 
     fn scan(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<KvPair>, StorageError> {
@@ -132,8 +118,7 @@ impl KvEngine for RocksEngine {
             }
             it.next();
         }
-        it.status()
-            .map_err(|e| self.err(e, "read", range_name(start, end)))?;
+        it.status().map_err(|e| self.err(e, "read", range_name(start, end)))?;
         Ok(out)
     }
 
@@ -152,8 +137,7 @@ impl KvEngine for RocksEngine {
             f(k, v)?;
             it.next();
         }
-        it.status()
-            .map_err(|e| self.err(e, "read", range_name(start, end)))
+        it.status().map_err(|e| self.err(e, "read", range_name(start, end)))
     }
 
     fn last_in_range(&self, start: &[u8], end: &[u8]) -> Result<Option<KvPair>, StorageError> {
@@ -166,8 +150,7 @@ impl KvEngine for RocksEngine {
         let mut it = self.db.raw_iterator_opt(ro);
         it.seek_to_last();
         let found = it.item().map(|(k, v)| (k.to_vec(), v.to_vec()));
-        it.status()
-            .map_err(|e| self.err(e, "read", range_name(start, end)))?;
+        it.status().map_err(|e| self.err(e, "read", range_name(start, end)))?;
         Ok(found)
     }
 }
@@ -193,8 +176,7 @@ mod tests {
             b.put(b"synced".to_vec(), b"1".to_vec());
             e.write(&b, true).unwrap();
             let mut b = WriteBatch::new();
-            b.put(b"flushed".to_vec(), b"2".to_vec())
-                .delete(b"synced-gone".to_vec());
+            b.put(b"flushed".to_vec(), b"2".to_vec()).delete(b"synced-gone".to_vec());
             e.write(&b, false).unwrap();
             e.flush_wal(true).unwrap();
         }

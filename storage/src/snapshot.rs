@@ -91,9 +91,7 @@ fn len_u32(len: usize, what: &str) -> Result<u32, StorageError> {
 
 fn unique_name(group: GroupId) -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
+    let nanos = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     format!("g{group}-{nanos}-{n}-{}.snap", std::process::id())
 }
@@ -186,19 +184,12 @@ fn write_file(
     meta: &mut MetaFn<'_>,
 ) -> Result<u64, StorageError> {
     let file = File::create(tmp).map_err(|e| io_err("creating snapshot file", tmp, e))?;
-    let mut w = CrcWriter {
-        inner: BufWriter::with_capacity(IO_BUFFER, file),
-        crc: crc32fast::Hasher::new(),
-    };
+    let mut w = CrcWriter { inner: BufWriter::with_capacity(IO_BUFFER, file), crc: crc32fast::Hasher::new() };
     let werr = |e: std::io::Error| io_err("writing snapshot file", tmp, e);
 
     let data_start = keys::data_prefix(group);
     let prefix_len = data_start.len();
-    let start = if with_raft_records {
-        keys::raft_range(group).0
-    } else {
-        data_start.clone()
-    };
+    let start = if with_raft_records { keys::raft_range(group).0 } else { data_start.clone() };
     let end = keys::data_range(group).1;
     let mut raft = RaftRecords::default();
     let mut header = false;
@@ -221,11 +212,9 @@ fn write_file(
             header = true;
         }
         let rel = key.get(prefix_len..).unwrap_or_default();
-        w.put(&len_u32(rel.len(), "snapshot record key")?.to_be_bytes())
-            .map_err(werr)?;
+        w.put(&len_u32(rel.len(), "snapshot record key")?.to_be_bytes()).map_err(werr)?;
         w.put(rel).map_err(werr)?;
-        w.put(&len_u32(value.len(), "snapshot record value")?.to_be_bytes())
-            .map_err(werr)?;
+        w.put(&len_u32(value.len(), "snapshot record value")?.to_be_bytes()).map_err(werr)?;
         w.put(value).map_err(werr)?;
         count += 1;
         Ok(())
@@ -239,12 +228,8 @@ fn write_file(
     let crc = w.crc.clone().finalize();
     w.inner.write_all(&crc.to_be_bytes()).map_err(werr)?;
     let file = w.inner.into_inner().map_err(|e| werr(e.into_error()))?;
-    file.sync_all()
-        .map_err(|e| io_err("syncing snapshot file", tmp, e))?;
-    let size = file
-        .metadata()
-        .map_err(|e| io_err("reading size of snapshot file", tmp, e))?
-        .len();
+    file.sync_all().map_err(|e| io_err("syncing snapshot file", tmp, e))?;
+    let size = file.metadata().map_err(|e| io_err("reading size of snapshot file", tmp, e))?.len();
     Ok(size)
 }
 
@@ -290,13 +275,7 @@ impl SnapshotReader {
         r.exact(&mut g, "group")?;
         let meta_len = r.u32("metadata length")?;
         let meta = r.bytes(meta_len, "metadata")?;
-        Ok((
-            r,
-            Header {
-                group: u16::from_be_bytes(g),
-                meta,
-            },
-        ))
+        Ok((r, Header { group: u16::from_be_bytes(g), meta }))
     }
 
     fn corrupt(&self, detail: impl Into<String>) -> StorageError {
@@ -359,10 +338,9 @@ impl SnapshotReader {
         self.exact(&mut count, "record count")?;
         let count = u64::from_be_bytes(count);
         if count != self.records {
-            return Err(self.corrupt(format!(
-                "trailer counts {count} records, the file holds {}",
-                self.records
-            )));
+            return Err(
+                self.corrupt(format!("trailer counts {count} records, the file holds {}", self.records))
+            );
         }
         let want = self.crc.clone().finalize();
         let mut crc = [0u8; 4];

@@ -68,19 +68,12 @@ fn other(e: impl std::fmt::Display) -> io::Error {
 
 impl TestSm {
     fn new(engine: Arc<dyn KvEngine>, dir: PathBuf) -> Self {
-        Self {
-            engine,
-            dir,
-            state: Arc::new(Mutex::new(SmState::default())),
-        }
+        Self { engine, dir, state: Arc::new(Mutex::new(SmState::default())) }
     }
 
     fn meta(&self) -> SnapshotMetaOf<C> {
         let st = self.state.lock();
-        SnapshotMetaOf::<C> {
-            last_log_id: st.applied,
-            last_membership: st.membership.clone(),
-        }
+        SnapshotMetaOf::<C> { last_log_id: st.applied, last_membership: st.membership.clone() }
     }
 }
 
@@ -142,14 +135,8 @@ impl RaftStateMachine<C> for TestSm {
     ) -> Result<(), io::Error> {
         let mut finish = WriteBatch::new();
         finish
-            .put(
-                keys::raft_key(GROUP, RaftTag::Applied),
-                codec::encode(&meta.last_log_id)?,
-            )
-            .put(
-                keys::raft_key(GROUP, RaftTag::Membership),
-                codec::encode(&meta.last_membership)?,
-            );
+            .put(keys::raft_key(GROUP, RaftTag::Applied), codec::encode(&meta.last_log_id)?)
+            .put(keys::raft_key(GROUP, RaftTag::Membership), codec::encode(&meta.last_membership)?);
         let engine = self.engine.clone();
         let path = snapshot.path.clone();
         tokio::task::spawn_blocking(move || {

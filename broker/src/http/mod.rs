@@ -37,21 +37,13 @@ pub struct ApiError {
 
 impl ApiError {
     fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            code,
-            message: message.into(),
-        }
+        Self { status, code, message: message.into() }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (
-            self.status,
-            Json(json!({"error": {"code": self.code, "message": self.message}})),
-        )
-            .into_response()
+        (self.status, Json(json!({"error": {"code": self.code, "message": self.message}}))).into_response()
     }
 }
 
@@ -85,10 +77,7 @@ pub fn router(state: Shared) -> Router {
         .route("/api/v1/cluster", get(cluster))
         .route("/api/v1/cluster/nodes", axum::routing::post(add_node))
         .route("/api/v1/cluster/nodes/{id}", axum::routing::delete(remove_node))
-        .route(
-            "/api/v1/retained/{*topic}",
-            get(get_retained).put(put_retained).delete(delete_retained),
-        )
+        .route("/api/v1/retained/{*topic}", get(get_retained).put(put_retained).delete(delete_retained))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/healthz", get(healthz))
@@ -172,17 +161,9 @@ async fn cluster(State(s): State<Shared>) -> Json<serde_json::Value> {
         .cluster_nodes()
         .await
         .into_iter()
-        .map(|(id, addr)| NodeView {
-            id,
-            cluster_addr: addr.cluster,
-            this_node: id == s.node.id(),
-        })
+        .map(|(id, addr)| NodeView { id, cluster_addr: addr.cluster, this_node: id == s.node.id() })
         .collect();
-    let plan = s
-        .node
-        .membership_plan()
-        .await
-        .map(|p| plan_view(&p, groups.len()));
+    let plan = s.node.membership_plan().await.map(|p| plan_view(&p, groups.len()));
     let led = groups.iter().filter(|g| g.leader.is_some()).count();
     Json(json!({
         "cluster_id": s.node.cluster_id(),
@@ -217,18 +198,11 @@ async fn add_node(
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
     let Json(b) = body.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_json", e.body_text()))?;
     if b.id == 0 {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "bad_node",
-            "node ids start at 1",
-        ));
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, "bad_node", "node ids start at 1"));
     }
     crate::config::resolve(&b.addr).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_addr", e))?;
     let plan = s.node.add_node(b.id, b.addr).await.map_err(bad_plan)?;
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(plan_view(&plan, s.node.status().len())),
-    ))
+    Ok((StatusCode::ACCEPTED, Json(plan_view(&plan, s.node.status().len()))))
 }
 
 async fn remove_node(
@@ -236,10 +210,7 @@ async fn remove_node(
     Path(id): Path<u64>,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
     let plan = s.node.remove_node(id).await.map_err(bad_plan)?;
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(plan_view(&plan, s.node.status().len())),
-    ))
+    Ok((StatusCode::ACCEPTED, Json(plan_view(&plan, s.node.status().len()))))
 }
 
 #[derive(Deserialize)]
@@ -270,20 +241,10 @@ fn check_topic(topic: &str) -> Result<(), ApiError> {
 async fn set_retained(s: &ApiState, topic: String, payload: Bytes, qos: u8) -> Result<CmdResponse, ApiError> {
     check_topic(&topic)?;
     if qos > 2 {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "bad_qos",
-            "qos is 0, 1 or 2",
-        ));
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, "bad_qos", "qos is 0, 1 or 2"));
     }
     let g = partition_of(topic.as_bytes(), s.node.partitions());
-    let cmd = Command::SetRetained {
-        topic,
-        payload,
-        qos,
-        at_ms: now_ms(),
-    }
-    .encode()?;
+    let cmd = Command::SetRetained { topic, payload, qos, at_ms: now_ms() }.encode()?;
     let raw = s.node.propose(g, Proposal::app(cmd)).await?;
     Ok(codec::decode(&raw, "command response")?)
 }

@@ -87,31 +87,16 @@ impl Apply for HubState {
         let response = match codec::decode::<Command>(command, "command") {
             // An undecodable command (from a newer node during a rolling upgrade, say) is
             // rejected identically on every node: deterministic, and nothing changes.
-            Err(e) => Response::Rejected {
-                reason: e.to_string(),
-            },
-            Ok(Command::SetRetained {
-                topic,
-                payload,
-                qos,
-                at_ms,
-            }) => {
+            Err(e) => Response::Rejected { reason: e.to_string() },
+            Ok(Command::SetRetained { topic, payload, qos, at_ms }) => {
                 let key = retained_key(&topic);
                 if payload.is_empty() {
                     txn.delete(&key);
                 } else {
-                    let r = Retained {
-                        payload,
-                        qos,
-                        at_ms,
-                        index: ctx.index,
-                    };
+                    let r = Retained { payload, qos, at_ms, index: ctx.index };
                     txn.put(&key, &codec::encode(&r)?);
                 }
-                Response::Applied {
-                    index: ctx.index,
-                    slot: ctx.slot,
-                }
+                Response::Applied { index: ctx.index, slot: ctx.slot }
             }
         };
         codec::encode(&response).map(Bytes::from)
@@ -126,14 +111,8 @@ mod tests {
 
     fn apply_one(engine: &MemEngine, cmd: &Command, index: u64) -> Response {
         let mut txn = StateTxn::for_test(engine, 1);
-        let ctx = ApplyContext {
-            group: 1,
-            index,
-            slot: 0,
-        };
-        let raw = HubState
-            .apply(&ctx, &cmd.encode().expect("encode"), &mut txn)
-            .expect("apply");
+        let ctx = ApplyContext { group: 1, index, slot: 0 };
+        let raw = HubState.apply(&ctx, &cmd.encode().expect("encode"), &mut txn).expect("apply");
         txn.commit_for_test().expect("commit");
         codec::decode(&raw, "response").expect("decode")
     }
@@ -141,37 +120,15 @@ mod tests {
     #[test]
     fn retained_set_then_cleared_by_empty_payload() {
         let engine = MemEngine::new();
-        let set = Command::SetRetained {
-            topic: "a/b".into(),
-            payload: Bytes::from_static(b"x"),
-            qos: 1,
-            at_ms: 5,
-        };
-        assert_eq!(
-            apply_one(&engine, &set, 7),
-            Response::Applied { index: 7, slot: 0 }
-        );
+        let set =
+            Command::SetRetained { topic: "a/b".into(), payload: Bytes::from_static(b"x"), qos: 1, at_ms: 5 };
+        assert_eq!(apply_one(&engine, &set, 7), Response::Applied { index: 7, slot: 0 });
         let view = StateView::for_test(&engine, 1);
-        let stored: Retained = codec::decode(
-            &view.get(&retained_key("a/b")).expect("get").expect("present"),
-            "r",
-        )
-        .expect("decode");
-        assert_eq!(
-            stored,
-            Retained {
-                payload: Bytes::from_static(b"x"),
-                qos: 1,
-                at_ms: 5,
-                index: 7
-            }
-        );
-        let clear = Command::SetRetained {
-            topic: "a/b".into(),
-            payload: Bytes::new(),
-            qos: 0,
-            at_ms: 6,
-        };
+        let stored: Retained =
+            codec::decode(&view.get(&retained_key("a/b")).expect("get").expect("present"), "r")
+                .expect("decode");
+        assert_eq!(stored, Retained { payload: Bytes::from_static(b"x"), qos: 1, at_ms: 5, index: 7 });
+        let clear = Command::SetRetained { topic: "a/b".into(), payload: Bytes::new(), qos: 0, at_ms: 6 };
         apply_one(&engine, &clear, 8);
         assert_eq!(view.get(&retained_key("a/b")).expect("get"), None);
     }
@@ -180,18 +137,9 @@ mod tests {
     fn garbage_command_is_rejected_and_changes_nothing() {
         let engine = MemEngine::new();
         let mut txn = StateTxn::for_test(&engine, 1);
-        let ctx = ApplyContext {
-            group: 1,
-            index: 1,
-            slot: 0,
-        };
-        let raw = HubState
-            .apply(&ctx, &[0xff, 0x00, 0x13], &mut txn)
-            .expect("apply");
-        assert!(matches!(
-            codec::decode(&raw, "response").expect("decode"),
-            Response::Rejected { .. }
-        ));
+        let ctx = ApplyContext { group: 1, index: 1, slot: 0 };
+        let raw = HubState.apply(&ctx, &[0xff, 0x00, 0x13], &mut txn).expect("apply");
+        assert!(matches!(codec::decode(&raw, "response").expect("decode"), Response::Rejected { .. }));
         assert!(txn.is_empty_for_test());
     }
 }

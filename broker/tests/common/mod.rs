@@ -19,10 +19,7 @@ pub fn bin() -> PathBuf {
 pub fn free_ports() -> (u16, u16) {
     let t = TcpListener::bind("127.0.0.1:0").expect("tcp port");
     let u = UdpSocket::bind("127.0.0.1:0").expect("udp port");
-    (
-        t.local_addr().expect("addr").port(),
-        u.local_addr().expect("addr").port(),
-    )
+    (t.local_addr().expect("addr").port(), u.local_addr().expect("addr").port())
 }
 
 pub struct Node {
@@ -59,12 +56,7 @@ impl Node {
             TOKEN.into(),
         ];
         if !peers.is_empty() {
-            args.extend([
-                "--peers".into(),
-                peers.into(),
-                "--cluster-secret".into(),
-                secret.into(),
-            ]);
+            args.extend(["--peers".into(), peers.into(), "--cluster-secret".into(), secret.into()]);
         }
         args.extend(self.extra.iter().cloned());
         let child = Command::new(bin())
@@ -163,10 +155,7 @@ impl Cluster {
     }
 
     pub fn logs(&self) -> String {
-        self.nodes
-            .iter()
-            .map(|n| format!("--- node {} ---\n{}", n.id, tail(&n.log_text(), 30)))
-            .collect()
+        self.nodes.iter().map(|n| format!("--- node {} ---\n{}", n.id, tail(&n.log_text(), 30))).collect()
     }
 }
 
@@ -176,10 +165,7 @@ pub fn tail(s: &str, lines: usize) -> String {
 }
 
 pub fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .expect("client")
+    reqwest::Client::builder().timeout(Duration::from_secs(10)).build().expect("client")
 }
 
 pub async fn get(url: &str) -> Option<(u16, Value)> {
@@ -189,13 +175,7 @@ pub async fn get(url: &str) -> Option<(u16, Value)> {
 }
 
 pub async fn put(url: &str, body: Value) -> Option<(u16, Value)> {
-    let r = client()
-        .put(url)
-        .bearer_auth(TOKEN)
-        .json(&body)
-        .send()
-        .await
-        .ok()?;
+    let r = client().put(url).bearer_auth(TOKEN).json(&body).send().await.ok()?;
     let status = r.status().as_u16();
     Some((status, r.json().await.unwrap_or(Value::Null)))
 }
@@ -219,13 +199,7 @@ pub async fn leaders(node: &Node) -> Option<Vec<Option<u64>>> {
     if status != 200 {
         return None;
     }
-    Some(
-        v["groups"]
-            .as_array()?
-            .iter()
-            .map(|g| g["leader"].as_u64())
-            .collect(),
-    )
+    Some(v["groups"].as_array()?.iter().map(|g| g["leader"].as_u64()).collect())
 }
 
 /// Waits until `node` sees every group led by a node in `alive`.

@@ -94,9 +94,7 @@ impl Proof {
 
 async fn read_hello(recv: &mut quinn::RecvStream, peer: NodeId) -> Result<Hello, TransportError> {
     let mut fixed = [0u8; HELLO_FIXED_LEN];
-    recv.read_exact(&mut fixed)
-        .await
-        .map_err(|e| read_error(peer, e))?;
+    recv.read_exact(&mut fixed).await.map_err(|e| read_error(peer, e))?;
     let (node_id, mac_len) =
         Hello::decode_fixed(&fixed).map_err(|e| TransportError::protocol(peer, format!("hello: {e}")))?;
     let mac = if mac_len == MAC_LEN {
@@ -114,9 +112,7 @@ async fn write_hello(
     hello: &Hello,
     peer: NodeId,
 ) -> Result<(), TransportError> {
-    send.write_all(&hello.encode())
-        .await
-        .map_err(|e| write_error(peer, e))?;
+    send.write_all(&hello.encode()).await.map_err(|e| write_error(peer, e))?;
     // Finishing can only fail if the stream is already closed; the read side reports that.
     let _ = send.finish();
     Ok(())
@@ -133,13 +129,8 @@ pub(crate) async fn client_hello(
     peer: NodeId,
     proof: &Proof,
 ) -> Result<(), TransportError> {
-    let (mut send, mut recv) = conn
-        .open_bi()
-        .await
-        .map_err(|e| super::error::conn_error(peer, &e))?;
-    let mac = proof
-        .mac(conn, ROLE_CLIENT, our_id)
-        .map_err(TransportError::Auth)?;
+    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| super::error::conn_error(peer, &e))?;
+    let mac = proof.mac(conn, ROLE_CLIENT, our_id).map_err(TransportError::Auth)?;
     write_hello(&mut send, &Hello { node_id: our_id, mac }, peer).await?;
     let theirs = read_hello(&mut recv, peer).await?;
     if theirs.node_id != peer {
@@ -155,9 +146,7 @@ pub(crate) async fn client_hello(
     }
     if let Err(why) = proof.verify(conn, ROLE_SERVER, theirs.node_id, theirs.mac.as_ref()) {
         close(conn, CLOSE_AUTH, "server failed cluster authentication");
-        return Err(TransportError::Auth(format!(
-            "node {peer} failed cluster authentication: {why}"
-        )));
+        return Err(TransportError::Auth(format!("node {peer} failed cluster authentication: {why}")));
     }
     Ok(())
 }
@@ -171,17 +160,11 @@ pub(crate) async fn server_hello(
     proof: &Proof,
 ) -> Result<NodeId, TransportError> {
     // Node id 0 stands for "not yet known" in errors until the hello names the peer.
-    let (mut send, mut recv) = conn
-        .accept_bi()
-        .await
-        .map_err(|e| super::error::conn_error(0, &e))?;
+    let (mut send, mut recv) = conn.accept_bi().await.map_err(|e| super::error::conn_error(0, &e))?;
     let theirs = read_hello(&mut recv, 0).await?;
     if theirs.node_id == our_id {
         close(conn, CLOSE_PROTOCOL, "peer claims our own node id");
-        return Err(TransportError::protocol(
-            our_id,
-            "a peer claims to be this node (duplicate node id?)",
-        ));
+        return Err(TransportError::protocol(our_id, "a peer claims to be this node (duplicate node id?)"));
     }
     if let Err(why) = proof.verify(conn, ROLE_CLIENT, theirs.node_id, theirs.mac.as_ref()) {
         close(conn, CLOSE_AUTH, &format!("cluster authentication failed: {why}"));
@@ -191,9 +174,7 @@ pub(crate) async fn server_hello(
             conn.remote_address()
         )));
     }
-    let mac = proof
-        .mac(conn, ROLE_SERVER, our_id)
-        .map_err(TransportError::Auth)?;
+    let mac = proof.mac(conn, ROLE_SERVER, our_id).map_err(TransportError::Auth)?;
     write_hello(&mut send, &Hello { node_id: our_id, mac }, theirs.node_id).await?;
     Ok(theirs.node_id)
 }

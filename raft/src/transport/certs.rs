@@ -46,10 +46,7 @@ pub enum CertsError {
 
 fn gen_err(what: impl Into<String>) -> impl FnOnce(rcgen::Error) -> CertsError {
     let what = what.into();
-    move |e| CertsError::Generate {
-        what,
-        reason: e.to_string(),
-    }
+    move |e| CertsError::Generate { what, reason: e.to_string() }
 }
 
 fn ca_params() -> Result<CertificateParams, CertsError> {
@@ -58,20 +55,13 @@ fn ca_params() -> Result<CertificateParams, CertsError> {
     dn.push(DnType::CommonName, CA_COMMON_NAME);
     params.distinguished_name = dn;
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
+    params.key_usages =
+        vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
     Ok(params)
 }
 
 fn write_file(path: &Path, contents: &str, secret: bool) -> Result<(), CertsError> {
-    let io = |source| CertsError::Io {
-        action: "writing",
-        path: path.to_path_buf(),
-        source,
-    };
+    let io = |source| CertsError::Io { action: "writing", path: path.to_path_buf(), source };
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create(true).truncate(true);
     #[cfg(unix)]
@@ -106,18 +96,13 @@ pub fn generate_cluster_certs(
             path: ca_key_path.clone(),
             source,
         })?;
-        (
-            KeyPair::from_pem(&pem).map_err(gen_err(format!("CA key {}", ca_key_path.display())))?,
-            true,
-        )
+        (KeyPair::from_pem(&pem).map_err(gen_err(format!("CA key {}", ca_key_path.display())))?, true)
     } else {
         (KeyPair::generate().map_err(gen_err("CA key"))?, false)
     };
     // Re-signing the same parameters with the same key yields an issuer identical to the one in an
     // existing ca.pem (same subject, same key identifier), so node certificates chain to it.
-    let ca = ca_params()?
-        .self_signed(&ca_key)
-        .map_err(gen_err("CA certificate"))?;
+    let ca = ca_params()?.self_signed(&ca_key).map_err(gen_err("CA certificate"))?;
     if !reuse {
         write_file(&ca_pem, &ca.pem(), false)?;
         write_file(&ca_key_path, &ca_key.serialize_pem(), true)?;
@@ -132,14 +117,9 @@ pub fn generate_cluster_certs(
         dn.push(DnType::CommonName, format!("ironhub node {id}"));
         params.distinguished_name = dn;
         params.use_authority_key_identifier_extension = true;
-        params.key_usages = vec![
-            KeyUsagePurpose::DigitalSignature,
-            KeyUsagePurpose::KeyEncipherment,
-        ];
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+        params.extended_key_usages =
+            vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
         let key = KeyPair::generate().map_err(gen_err(format!("key of node {id}")))?;
         let cert = params.signed_by(&key, &ca, &ca_key).map_err(gen_err(what))?;
         let cert_path = dir.join(format!("node-{id}.pem"));

@@ -64,24 +64,16 @@ pub(crate) async fn read_response(
     if resp.header.request_id != request_id {
         return Err(TransportError::protocol(
             peer,
-            format!(
-                "reply names request {} but we sent {request_id}",
-                resp.header.request_id
-            ),
+            format!("reply names request {} but we sent {request_id}", resp.header.request_id),
         ));
     }
     let len = resp.header.len as usize;
     if len > max_frame {
         let _ = recv.stop(quinn::VarInt::from_u32(0));
-        return Err(TransportError::FrameTooLarge {
-            len: len as u64,
-            max: max_frame as u64,
-        });
+        return Err(TransportError::FrameTooLarge { len: len as u64, max: max_frame as u64 });
     }
     let mut body = vec![0u8; len];
-    recv.read_exact(&mut body)
-        .await
-        .map_err(|e| read_error(peer, e))?;
+    recv.read_exact(&mut body).await.map_err(|e| read_error(peer, e))?;
     Ok((resp, Bytes::from(body)))
 }
 

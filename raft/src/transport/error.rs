@@ -87,17 +87,11 @@ pub enum TransportError {
 
 impl TransportError {
     pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
-        Self::Io {
-            context: context.into(),
-            source,
-        }
+        Self::Io { context: context.into(), source }
     }
 
     pub(crate) fn protocol(peer: NodeId, reason: impl Into<String>) -> Self {
-        Self::Protocol {
-            peer,
-            reason: reason.into(),
-        }
+        Self::Protocol { peer, reason: reason.into() }
     }
 }
 
@@ -131,25 +125,20 @@ pub(crate) fn conn_error(peer: NodeId, e: &quinn::ConnectionError) -> TransportE
             TransportError::Auth(format!("TLS handshake with node {peer} failed: {te}"))
         }
         C::LocallyClosed => TransportError::Closed,
-        other => TransportError::Unreachable {
-            peer,
-            reason: format!("connection lost: {other}"),
-        },
+        other => TransportError::Unreachable { peer, reason: format!("connection lost: {other}") },
     }
 }
 
 /// Maps a failed read of a frame.
 pub(crate) fn read_error(peer: NodeId, e: quinn::ReadExactError) -> TransportError {
     match e {
-        quinn::ReadExactError::FinishedEarly(n) => TransportError::protocol(
-            peer,
-            format!("stream ended after {n} bytes in the middle of a frame"),
-        ),
+        quinn::ReadExactError::FinishedEarly(n) => {
+            TransportError::protocol(peer, format!("stream ended after {n} bytes in the middle of a frame"))
+        }
         quinn::ReadExactError::ReadError(quinn::ReadError::ConnectionLost(c)) => conn_error(peer, &c),
-        quinn::ReadExactError::ReadError(other) => TransportError::Unreachable {
-            peer,
-            reason: format!("stream failed: {other}"),
-        },
+        quinn::ReadExactError::ReadError(other) => {
+            TransportError::Unreachable { peer, reason: format!("stream failed: {other}") }
+        }
     }
 }
 
@@ -157,9 +146,6 @@ pub(crate) fn read_error(peer: NodeId, e: quinn::ReadExactError) -> TransportErr
 pub(crate) fn write_error(peer: NodeId, e: quinn::WriteError) -> TransportError {
     match e {
         quinn::WriteError::ConnectionLost(c) => conn_error(peer, &c),
-        other => TransportError::Unreachable {
-            peer,
-            reason: format!("stream failed: {other}"),
-        },
+        other => TransportError::Unreachable { peer, reason: format!("stream failed: {other}") },
     }
 }

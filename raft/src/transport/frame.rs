@@ -91,10 +91,7 @@ impl RequestHeader {
     /// Decodes a header; only the magic can be wrong.
     pub fn decode(b: &[u8; REQUEST_HEADER_LEN]) -> Result<Self, FrameError> {
         if b[0] != FRAME_MAGIC {
-            return Err(FrameError::BadMagic {
-                got: b[0],
-                expected: FRAME_MAGIC,
-            });
+            return Err(FrameError::BadMagic { got: b[0], expected: FRAME_MAGIC });
         }
         let mut id = [0u8; 16];
         id.copy_from_slice(&b[1..17]);
@@ -161,10 +158,7 @@ impl ResponseHeader {
     pub fn decode(b: &[u8; RESPONSE_HEADER_LEN]) -> Result<Self, FrameError> {
         let mut h = [0u8; REQUEST_HEADER_LEN];
         h.copy_from_slice(&b[..REQUEST_HEADER_LEN]);
-        Ok(Self {
-            header: RequestHeader::decode(&h)?,
-            status: Status::from_u8(b[REQUEST_HEADER_LEN])?,
-        })
+        Ok(Self { header: RequestHeader::decode(&h)?, status: Status::from_u8(b[REQUEST_HEADER_LEN])? })
     }
 }
 
@@ -197,10 +191,7 @@ impl Hello {
     /// Decodes the fixed part; returns the node id and how many MAC bytes follow.
     pub fn decode_fixed(b: &[u8; HELLO_FIXED_LEN]) -> Result<(u64, usize), FrameError> {
         if b[0] != HELLO_MAGIC {
-            return Err(FrameError::BadMagic {
-                got: b[0],
-                expected: HELLO_MAGIC,
-            });
+            return Err(FrameError::BadMagic { got: b[0], expected: HELLO_MAGIC });
         }
         if b[1] != HELLO_VERSION {
             return Err(FrameError::BadVersion(b[1]));
@@ -221,17 +212,8 @@ mod tests {
 
     #[test]
     fn request_header_roundtrips_with_and_without_cluster_id() {
-        for cluster_id in [
-            None,
-            Some(Uuid::from_u128(0x1234_5678_9abc_def0_1122_3344_5566_7788)),
-        ] {
-            let h = RequestHeader {
-                cluster_id,
-                group: 513,
-                kind: 6,
-                request_id: u64::MAX - 3,
-                len: 70_000,
-            };
+        for cluster_id in [None, Some(Uuid::from_u128(0x1234_5678_9abc_def0_1122_3344_5566_7788))] {
+            let h = RequestHeader { cluster_id, group: 513, kind: 6, request_id: u64::MAX - 3, len: 70_000 };
             let enc = h.encode();
             assert_eq!(enc[0], FRAME_MAGIC);
             assert_eq!(RequestHeader::decode(&enc), Ok(h));
@@ -240,34 +222,15 @@ mod tests {
 
     #[test]
     fn request_header_rejects_bad_magic() {
-        let mut enc = RequestHeader {
-            cluster_id: None,
-            group: 0,
-            kind: 1,
-            request_id: 1,
-            len: 0,
-        }
-        .encode();
+        let mut enc = RequestHeader { cluster_id: None, group: 0, kind: 1, request_id: 1, len: 0 }.encode();
         enc[0] = 0x16;
-        assert!(matches!(
-            RequestHeader::decode(&enc),
-            Err(FrameError::BadMagic { got: 0x16, .. })
-        ));
+        assert!(matches!(RequestHeader::decode(&enc), Err(FrameError::BadMagic { got: 0x16, .. })));
     }
 
     #[test]
     fn response_header_roundtrips_and_rejects_unknown_status() {
-        let h = RequestHeader {
-            cluster_id: None,
-            group: 7,
-            kind: 2,
-            request_id: 9,
-            len: 3,
-        };
-        let r = ResponseHeader {
-            header: h,
-            status: Status::FrameTooLarge,
-        };
+        let h = RequestHeader { cluster_id: None, group: 7, kind: 2, request_id: 9, len: 3 };
+        let r = ResponseHeader { header: h, status: Status::FrameTooLarge };
         let mut enc = r.encode();
         assert_eq!(ResponseHeader::decode(&enc), Ok(r));
         enc[REQUEST_HEADER_LEN] = 200;
@@ -276,10 +239,7 @@ mod tests {
 
     #[test]
     fn hello_roundtrips_and_rejects_bad_fields() {
-        let h = Hello {
-            node_id: 42,
-            mac: Some([7; MAC_LEN]),
-        };
+        let h = Hello { node_id: 42, mac: Some([7; MAC_LEN]) };
         let enc = h.encode();
         assert_eq!(enc.len(), HELLO_FIXED_LEN + MAC_LEN);
         let mut fixed = [0u8; HELLO_FIXED_LEN];
@@ -289,11 +249,7 @@ mod tests {
         assert_eq!(Hello::decode_fixed(&fixed), Err(FrameError::BadMacLen(5)));
         fixed[1] = 9;
         assert_eq!(Hello::decode_fixed(&fixed), Err(FrameError::BadVersion(9)));
-        let plain = Hello {
-            node_id: 1,
-            mac: None,
-        }
-        .encode();
+        let plain = Hello { node_id: 1, mac: None }.encode();
         assert_eq!(plain.len(), HELLO_FIXED_LEN);
     }
 }

@@ -232,9 +232,7 @@ impl Transport {
             cancel: CancellationToken::new(),
             tracker: TaskTracker::new(),
         });
-        shared
-            .tracker
-            .spawn(server::accept_loop(endpoint.clone(), shared.clone()));
+        shared.tracker.spawn(server::accept_loop(endpoint.clone(), shared.clone()));
         tracing::info!(node_id = cfg.node_id, addr = %local_addr, "cluster transport listening");
         Ok(Transport {
             inner: Arc::new(Inner {
@@ -276,10 +274,7 @@ impl Transport {
         timeout: Duration,
     ) -> Result<Bytes, TransportError> {
         if kind == RpcKind::Snapshot {
-            return Err(TransportError::protocol(
-                target,
-                "snapshots go through send_snapshot",
-            ));
+            return Err(TransportError::protocol(target, "snapshots go through send_snapshot"));
         }
         let len = self.check_len(body.len())?;
         let work = async {
@@ -330,9 +325,7 @@ impl Transport {
     pub async fn shutdown(&self) {
         let shared = &self.inner.shared;
         shared.cancel.cancel();
-        self.inner
-            .endpoint
-            .close(quinn::VarInt::from_u32(error::CLOSE_SHUTDOWN), b"shutting down");
+        self.inner.endpoint.close(quinn::VarInt::from_u32(error::CLOSE_SHUTDOWN), b"shutting down");
         self.inner.peers.close_all();
         shared.tracker.close();
         shared.tracker.wait().await;
@@ -345,10 +338,7 @@ impl Transport {
         let max = self.inner.shared.max_frame;
         match u32::try_from(len) {
             Ok(l) if len <= max => Ok(l),
-            _ => Err(TransportError::FrameTooLarge {
-                len: len as u64,
-                max: max as u64,
-            }),
+            _ => Err(TransportError::FrameTooLarge { len: len as u64, max: max as u64 }),
         }
     }
 
@@ -356,10 +346,7 @@ impl Transport {
         if target == self.inner.node_id {
             return Err(TransportError::SelfTarget(target));
         }
-        self.inner
-            .peers
-            .get(target)
-            .ok_or(TransportError::UnknownPeer(target))
+        self.inner.peers.get(target).ok_or(TransportError::UnknownPeer(target))
     }
 
     fn header(&self, group: u16, kind: RpcKind, len: u32) -> RequestHeader {
@@ -439,14 +426,9 @@ impl Transport {
         match resp.status {
             Status::Ok => Ok(body),
             Status::Remote => Err(TransportError::Remote(text())),
-            Status::BadRequest => Err(TransportError::protocol(
-                target,
-                format!("peer refused: {}", text()),
-            )),
+            Status::BadRequest => Err(TransportError::protocol(target, format!("peer refused: {}", text()))),
             Status::FrameTooLarge => {
-                let max = <[u8; 8]>::try_from(body.as_ref())
-                    .map(u64::from_be_bytes)
-                    .unwrap_or(0);
+                let max = <[u8; 8]>::try_from(body.as_ref()).map(u64::from_be_bytes).unwrap_or(0);
                 Err(TransportError::FrameTooLarge { len: sent_len, max })
             }
             Status::ClusterMismatch => Err(TransportError::protocol(target, "unreachable status")),

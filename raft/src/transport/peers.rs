@@ -105,10 +105,7 @@ impl PeerSlot {
                 let why = format!("{why} (next attempt in {:?})", at - now);
                 return Err(match kind {
                     FailureKind::Auth => TransportError::Auth(why),
-                    FailureKind::Unreachable => TransportError::Unreachable {
-                        peer: self.id,
-                        reason: why,
-                    },
+                    FailureKind::Unreachable => TransportError::Unreachable { peer: self.id, reason: why },
                 });
             }
         }
@@ -147,13 +144,9 @@ impl PeerSlot {
 
     async fn dial(&self, ctx: &DialContext<'_>) -> Result<quinn::Connection, TransportError> {
         let peer = self.id;
-        let connecting = ctx
-            .endpoint
-            .connect(self.addr, CLUSTER_SERVER_NAME)
-            .map_err(|e| TransportError::Unreachable {
-                peer,
-                reason: format!("cannot connect to {}: {e}", self.addr),
-            })?;
+        let connecting = ctx.endpoint.connect(self.addr, CLUSTER_SERVER_NAME).map_err(|e| {
+            TransportError::Unreachable { peer, reason: format!("cannot connect to {}: {e}", self.addr) }
+        })?;
         let timed_out = || TransportError::Unreachable {
             peer,
             reason: format!("no answer from {} within {:?}", self.addr, ctx.connect_timeout),
@@ -162,19 +155,13 @@ impl PeerSlot {
             .await
             .map_err(|_| timed_out())?
             .map_err(|e| conn_error(peer, &e))?;
-        match tokio::time::timeout(
-            ctx.connect_timeout,
-            client_hello(&conn, ctx.our_id, peer, ctx.proof),
-        )
-        .await
+        match tokio::time::timeout(ctx.connect_timeout, client_hello(&conn, ctx.our_id, peer, ctx.proof))
+            .await
         {
             Ok(Ok(())) => Ok(conn),
             Ok(Err(e)) => Err(e),
             Err(_) => {
-                conn.close(
-                    quinn::VarInt::from_u32(super::error::CLOSE_PROTOCOL),
-                    b"hello timed out",
-                );
+                conn.close(quinn::VarInt::from_u32(super::error::CLOSE_PROTOCOL), b"hello timed out");
                 Err(timed_out())
             }
         }

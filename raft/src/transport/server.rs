@@ -90,30 +90,25 @@ async fn serve_connection(shared: Arc<Shared>, incoming: quinn::Incoming) {
             return;
         }
     };
-    let peer = match tokio::time::timeout(
-        HANDSHAKE_TIMEOUT,
-        server_hello(&conn, shared.node_id, &shared.proof),
-    )
-    .await
-    {
-        Ok(Ok(peer)) => peer,
-        Ok(Err(TransportError::Auth(msg))) => {
-            tracing::warn!(%remote, "{msg}");
-            return;
-        }
-        Ok(Err(e)) => {
-            tracing::warn!(%remote, error = %e, "cluster connection hello failed");
-            return;
-        }
-        Err(_) => {
-            conn.close(
-                quinn::VarInt::from_u32(super::error::CLOSE_PROTOCOL),
-                b"hello timed out",
-            );
-            tracing::warn!(%remote, "cluster connection sent no hello in time");
-            return;
-        }
-    };
+    let peer =
+        match tokio::time::timeout(HANDSHAKE_TIMEOUT, server_hello(&conn, shared.node_id, &shared.proof))
+            .await
+        {
+            Ok(Ok(peer)) => peer,
+            Ok(Err(TransportError::Auth(msg))) => {
+                tracing::warn!(%remote, "{msg}");
+                return;
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(%remote, error = %e, "cluster connection hello failed");
+                return;
+            }
+            Err(_) => {
+                conn.close(quinn::VarInt::from_u32(super::error::CLOSE_PROTOCOL), b"hello timed out");
+                tracing::warn!(%remote, "cluster connection sent no hello in time");
+                return;
+            }
+        };
     tracing::debug!(peer, %remote, "cluster connection accepted");
     let permits = Arc::new(Semaphore::new(MAX_INFLIGHT_PER_CONNECTION));
     loop {
@@ -155,13 +150,7 @@ async fn serve_stream(
         Ok(req) => (req, handle_request(shared, peer, &req, &mut recv).await),
         Err(e) => {
             tracing::warn!(peer, error = %e, "corrupt request frame");
-            let req = RequestHeader {
-                cluster_id: None,
-                group: 0,
-                kind: 0,
-                request_id: 0,
-                len: 0,
-            };
+            let req = RequestHeader { cluster_id: None, group: 0, kind: 0, request_id: 0, len: 0 };
             (req, Outcome::bad_request(format!("corrupt frame: {e}")))
         }
     };
@@ -199,12 +188,7 @@ async fn handle_request(
         return Outcome::bad_request(format!("unknown request kind {}", req.kind));
     };
     if req.len as usize > shared.max_frame {
-        tracing::warn!(
-            peer,
-            len = req.len,
-            max = shared.max_frame,
-            "refused an oversized frame"
-        );
+        tracing::warn!(peer, len = req.len, max = shared.max_frame, "refused an oversized frame");
         return Outcome::Reply(
             Status::FrameTooLarge,
             Bytes::copy_from_slice(&(shared.max_frame as u64).to_be_bytes()),
@@ -217,11 +201,7 @@ async fn handle_request(
     if let Err(e) = recv.read_exact(&mut body).await {
         return Outcome::Abort(super::error::read_error(peer, e).to_string());
     }
-    match shared
-        .handler
-        .handle(peer, req.group, kind, Bytes::from(body))
-        .await
-    {
+    match shared.handler.handle(peer, req.group, kind, Bytes::from(body)).await {
         Ok(reply) => Outcome::ok(reply),
         Err(msg) => Outcome::remote(msg),
     }

@@ -32,11 +32,7 @@ pub(crate) async fn send_file(
     file_len: u64,
 ) -> Result<WriteOutcome, TransportError> {
     let _ = send.set_priority(SNAPSHOT_PRIORITY);
-    let mut prefix = [
-        header_chunk(req),
-        header,
-        Bytes::copy_from_slice(&file_len.to_be_bytes()),
-    ];
+    let mut prefix = [header_chunk(req), header, Bytes::copy_from_slice(&file_len.to_be_bytes())];
     if write_request_part(send, peer, &mut prefix).await? == WriteOutcome::Refused {
         return Ok(WriteOutcome::Refused);
     }
@@ -119,11 +115,7 @@ pub(crate) async fn receive(
     }
     tracing::info!(peer, group = req.group, bytes = file_len, path = %path.display(), "snapshot received");
     // From here on the file belongs to the handler, which installs or deletes it.
-    match shared
-        .handler
-        .handle_snapshot(peer, req.group, Bytes::from(header), path)
-        .await
-    {
+    match shared.handler.handle_snapshot(peer, req.group, Bytes::from(header), path).await {
         Ok(reply) => Outcome::ok(reply),
         Err(msg) => Outcome::remote(msg),
     }
@@ -137,10 +129,7 @@ async fn receive_file(
 ) -> Result<(), Outcome> {
     let io_fail = |what: &str, e: std::io::Error| {
         tracing::error!(path = %path.display(), error = %e, "{what} incoming snapshot");
-        Outcome::remote(format!(
-            "receiver cannot {what} snapshot file {}: {e}",
-            path.display()
-        ))
+        Outcome::remote(format!("receiver cannot {what} snapshot file {}: {e}", path.display()))
     };
     let file = tokio::fs::OpenOptions::new()
         .write(true)
@@ -167,9 +156,7 @@ async fn receive_file(
         got += chunk.len() as u64;
     }
     let mut digest = [0u8; MAC_LEN];
-    recv.read_exact(&mut digest)
-        .await
-        .map_err(|e| Outcome::Abort(read_error(peer, e).to_string()))?;
+    recv.read_exact(&mut digest).await.map_err(|e| Outcome::Abort(read_error(peer, e).to_string()))?;
     let ours: [u8; MAC_LEN] = hasher.finalize().into();
     if ours != digest {
         return Err(Outcome::bad_request(format!(

@@ -38,9 +38,7 @@ fn tls_err(what: &str) -> impl FnOnce(rustls::Error) -> TransportError + '_ {
 
 fn quic_transport() -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
-    t.max_idle_timeout(Some(IdleTimeout::from(VarInt::from_u32(
-        IDLE_TIMEOUT.as_millis() as u32,
-    ))));
+    t.max_idle_timeout(Some(IdleTimeout::from(VarInt::from_u32(IDLE_TIMEOUT.as_millis() as u32))));
     t.keep_alive_interval(Some(KEEP_ALIVE));
     t.max_concurrent_bidi_streams(VarInt::from_u32(MAX_STREAMS_PER_CONNECTION));
     t.max_concurrent_uni_streams(VarInt::from_u32(0));
@@ -56,11 +54,7 @@ pub(crate) fn build(security: &Security) -> Result<EndpointConfigs, TransportErr
                 return Err(TransportError::Config("the cluster secret is empty".into()));
             }
             let (certs, key) = self_signed()?;
-            (
-                server_no_client_auth(&p, certs, key)?,
-                client_skip_verify(&p)?,
-                Proof::secret(secret),
-            )
+            (server_no_client_auth(&p, certs, key)?, client_skip_verify(&p)?, Proof::secret(secret))
         }
         Security::InsecureDev => {
             tracing::warn!(
@@ -68,11 +62,7 @@ pub(crate) fn build(security: &Security) -> Result<EndpointConfigs, TransportErr
                  anyone who reaches the cluster port can join; never use this outside development"
             );
             let (certs, key) = self_signed()?;
-            (
-                server_no_client_auth(&p, certs, key)?,
-                client_skip_verify(&p)?,
-                Proof::None,
-            )
+            (server_no_client_auth(&p, certs, key)?, client_skip_verify(&p)?, Proof::None)
         }
         Security::Certs { ca, cert, key } => {
             let roots = Arc::new(load_roots(ca)?);
@@ -96,11 +86,7 @@ pub(crate) fn build(security: &Security) -> Result<EndpointConfigs, TransportErr
             (server, client, Proof::None)
         }
     };
-    Ok(EndpointConfigs {
-        server: server_config(server_tls)?,
-        client: client_config(client_tls)?,
-        proof,
-    })
+    Ok(EndpointConfigs { server: server_config(server_tls)?, client: client_config(client_tls)?, proof })
 }
 
 fn server_config(mut tls: rustls::ServerConfig) -> Result<quinn::ServerConfig, TransportError> {
@@ -161,10 +147,7 @@ fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TransportErro
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| TransportError::Config(format!("{} is not valid PEM: {e}", path.display())))?;
     if certs.is_empty() {
-        return Err(TransportError::Config(format!(
-            "{} holds no certificate",
-            path.display()
-        )));
+        return Err(TransportError::Config(format!("{} holds no certificate", path.display())));
     }
     Ok(certs)
 }

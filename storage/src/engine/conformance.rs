@@ -25,10 +25,7 @@ fn keys_in(e: &dyn KvEngine, prefix: u8) -> Vec<(Vec<u8>, Vec<u8>)> {
 fn strings(kvs: &[(Vec<u8>, Vec<u8>)]) -> Vec<(String, String)> {
     kvs.iter()
         .map(|(k, v)| {
-            (
-                String::from_utf8_lossy(&k[1..]).into_owned(),
-                String::from_utf8_lossy(v).into_owned(),
-            )
+            (String::from_utf8_lossy(&k[1..]).into_owned(), String::from_utf8_lossy(v).into_owned())
         })
         .collect()
 }
@@ -78,10 +75,7 @@ fn batch_applies_in_order(e: &dyn KvEngine) {
         .delete_range(k(p, "c"), k(p, "h"))
         .put(k(p, "d"), b"after-range".to_vec());
     e.write(&b, false).unwrap();
-    assert_eq!(
-        strings(&keys_in(e, p)),
-        pairs(&[("a", "2"), ("d", "after-range")])
-    );
+    assert_eq!(strings(&keys_in(e, p)), pairs(&[("a", "2"), ("d", "after-range")]));
     // An empty batch is fine.
     e.write(&WriteBatch::new(), false).unwrap();
 }
@@ -99,8 +93,7 @@ fn delete_range_removes_exactly_the_range(e: &dyn KvEngine) {
 
     // Empty and inverted ranges delete nothing and are not errors.
     let mut b = WriteBatch::new();
-    b.delete_range(k(p, "k8"), k(p, "k8"))
-        .delete_range(k(p, "k9"), k(p, "k0"));
+    b.delete_range(k(p, "k8"), k(p, "k8")).delete_range(k(p, "k9"), k(p, "k0"));
     e.write(&b, false).unwrap();
     assert_eq!(keys_in(e, p).len(), 6);
 }
@@ -144,15 +137,9 @@ fn scan_consistent_ignores_writes_made_while_visiting(e: &dyn KvEngine) {
         Ok(())
     })
     .unwrap();
-    assert_eq!(
-        seen, before,
-        "the visit must show the view taken before the writes"
-    );
+    assert_eq!(seen, before, "the visit must show the view taken before the writes");
 
-    let after: Vec<String> = strings(&keys_in(e, p))
-        .into_iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect();
+    let after: Vec<String> = strings(&keys_in(e, p)).into_iter().map(|(k, v)| format!("{k}={v}")).collect();
     assert!(after.contains(&"c5=new".to_string()));
     assert!(after.contains(&"c55=inserted".to_string()));
     assert!(!after.iter().any(|s| s.starts_with("c6=") || s.starts_with("c8=")));

@@ -76,9 +76,7 @@ impl KvEngine for Recording {
 }
 
 fn job_keys(job: usize) -> Vec<Vec<u8>> {
-    (0..3)
-        .map(|i| format!("job{job}-entry{i}").into_bytes())
-        .collect()
+    (0..3).map(|i| format!("job{job}-entry{i}").into_bytes()).collect()
 }
 
 /// Submits a job the way `LogStore::append` does, with a completion that records its moment.
@@ -97,15 +95,7 @@ async fn submit_append(
         events.lock().push(Event::Done { job, ok: res.is_ok() });
         let _ = tx.send(res.is_ok());
     });
-    flusher
-        .submit(Job::Write {
-            batch,
-            entries: 3,
-            written: None,
-            done: Some(done),
-        })
-        .await
-        .unwrap();
+    flusher.submit(Job::Write { batch, entries: 3, written: None, done: Some(done) }).await.unwrap();
     rx
 }
 
@@ -141,10 +131,7 @@ async fn callback_fires_only_after_a_synced_flush_covers_its_entries() {
     for (pos, ev) in events.iter().enumerate() {
         match ev {
             Event::Write { sync, keys } => {
-                assert!(
-                    !sync,
-                    "log writes must be unsynced; the round's flush_wal(true) syncs them"
-                );
+                assert!(!sync, "log writes must be unsynced; the round's flush_wal(true) syncs them");
                 for k in keys {
                     written_at.insert(k.clone(), pos);
                 }
@@ -158,13 +145,9 @@ async fn callback_fires_only_after_a_synced_flush_covers_its_entries() {
                 done += 1;
                 let flush = last_sync_flush.unwrap_or_else(|| panic!("job {job} completed before any fsync"));
                 for k in job_keys(*job) {
-                    let w = written_at
-                        .get(&k)
-                        .unwrap_or_else(|| panic!("job {job} completed before its write"));
-                    assert!(
-                        *w < flush,
-                        "job {job} completed before a flush_wal(true) after its write"
-                    );
+                    let w =
+                        written_at.get(&k).unwrap_or_else(|| panic!("job {job} completed before its write"));
+                    assert!(*w < flush, "job {job} completed before a flush_wal(true) after its write");
                 }
             }
         }
@@ -173,19 +156,9 @@ async fn callback_fires_only_after_a_synced_flush_covers_its_entries() {
 
     let stats = flusher.stats();
     let flushes = events.iter().filter(|e| matches!(e, Event::Flush { .. })).count() as u64;
-    assert_eq!(
-        stats.rounds.load(Ordering::Relaxed),
-        flushes,
-        "exactly one flush per round"
-    );
-    assert!(
-        flushes < (TASKS * PER_TASK) as u64,
-        "rounds must group jobs: {flushes} flushes"
-    );
-    assert_eq!(
-        stats.flushed_entries.load(Ordering::Relaxed),
-        (TASKS * PER_TASK * 3) as u64
-    );
+    assert_eq!(stats.rounds.load(Ordering::Relaxed), flushes, "exactly one flush per round");
+    assert!(flushes < (TASKS * PER_TASK) as u64, "rounds must group jobs: {flushes} flushes");
+    assert_eq!(stats.flushed_entries.load(Ordering::Relaxed), (TASKS * PER_TASK * 3) as u64);
     assert!(stats.fsync_nanos_total.load(Ordering::Relaxed) > 0);
 }
 
@@ -199,13 +172,7 @@ async fn write_synced_returns_after_the_flush() {
     let ev = events.lock().clone();
     assert_eq!(
         ev,
-        vec![
-            Event::Write {
-                sync: false,
-                keys: vec![b"vote".to_vec()]
-            },
-            Event::Flush { sync: true }
-        ]
+        vec![Event::Write { sync: false, keys: vec![b"vote".to_vec()] }, Event::Flush { sync: true }]
     );
     assert_eq!(engine.get(b"vote").unwrap(), Some(b"v".to_vec()));
 }
@@ -234,10 +201,7 @@ async fn shutdown_finishes_queued_jobs_then_refuses_more() {
     }
     flusher.shutdown().await.unwrap();
     assert_eq!(engine.inner.len(), 100);
-    assert!(matches!(
-        flusher.write_synced(WriteBatch::new()).await,
-        Err(StorageError::Closed)
-    ));
+    assert!(matches!(flusher.write_synced(WriteBatch::new()).await, Err(StorageError::Closed)));
     flusher.shutdown().await.unwrap();
 }
 

@@ -30,10 +30,7 @@ async fn append_flushed(store: &mut Store, entries: Vec<TestEntry>) {
 }
 
 fn ids(entries: &[TestEntry]) -> Vec<(u64, u64)> {
-    entries
-        .iter()
-        .map(|e| (e.log_id().leader_id.term, e.index()))
-        .collect()
+    entries.iter().map(|e| (e.log_id().leader_id.term, e.index())).collect()
 }
 
 /// An engine whose writes (or, with `gate_flush`, WAL flushes) wait until the test opens the gate.
@@ -105,15 +102,9 @@ async fn entries_are_readable_before_their_flush_completes() {
     let mut store = store.with_cache_capacity(0);
     let _open_on_drop = OpenOnDrop(engine.clone());
     let (tx, mut rx) = TestConfig::oneshot();
-    store
-        .append(vec![blank(1, 1), blank(1, 2)], IOFlushed::signal(tx))
-        .await
-        .unwrap();
+    store.append(vec![blank(1, 1), blank(1, 2)], IOFlushed::signal(tx)).await.unwrap();
     let (tx2, rx2) = TestConfig::oneshot();
-    store
-        .append(vec![blank(1, 3)], IOFlushed::signal(tx2))
-        .await
-        .unwrap();
+    store.append(vec![blank(1, 3)], IOFlushed::signal(tx2)).await.unwrap();
 
     let mut reader = store.get_log_reader().await;
     let got = reader.try_get_log_entries(1..4).await.unwrap();
@@ -142,10 +133,7 @@ async fn append_callback_waits_for_the_fsync_not_just_the_write() {
     let (mut store, _flusher) = open(engine.clone());
     let _open_on_drop = OpenOnDrop(engine.clone());
     let (tx, mut rx) = TestConfig::oneshot();
-    store
-        .append(vec![blank(1, 1)], IOFlushed::signal(tx))
-        .await
-        .unwrap();
+    store.append(vec![blank(1, 1)], IOFlushed::signal(tx)).await.unwrap();
     // Wait until the entry is written (unsynced) and the flusher sits in flush_wal.
     while engine.inner.is_empty() {
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -166,30 +154,17 @@ async fn cache_is_bounded_and_reads_merge_engine_and_cache() {
     let mut store = store.with_cache_capacity(4);
     for i in 1..=20 {
         append_flushed(&mut store, vec![normal(1, i, &format!("v{i}"))]).await;
-        assert!(
-            store.cached_entries() <= 4,
-            "cache holds {}",
-            store.cached_entries()
-        );
+        assert!(store.cached_entries() <= 4, "cache holds {}", store.cached_entries());
     }
     let all = store.try_get_log_entries(0..100).await.unwrap();
     assert_eq!(all.len(), 20);
-    assert!(all
-        .iter()
-        .zip(1..)
-        .all(|(e, i)| e.index() == i && e.to_string().contains(&format!("v{i}"))));
+    assert!(all.iter().zip(1..).all(|(e, i)| e.index() == i && e.to_string().contains(&format!("v{i}"))));
     // A read entirely below the cache comes from the engine.
-    assert_eq!(
-        ids(&store.try_get_log_entries(2..4).await.unwrap()),
-        vec![(1, 2), (1, 3)]
-    );
+    assert_eq!(ids(&store.try_get_log_entries(2..4).await.unwrap()), vec![(1, 2), (1, 3)]);
 
     // Replace the tail below the cached part: truncate then append with a new term.
     store.truncate_after(Some(log_id(1, 10))).await.unwrap();
-    assert_eq!(
-        store.get_log_state().await.unwrap().last_log_id,
-        Some(log_id(1, 10))
-    );
+    assert_eq!(store.get_log_state().await.unwrap().last_log_id, Some(log_id(1, 10)));
     append_flushed(&mut store, vec![blank(2, 11), blank(2, 12), blank(2, 13)]).await;
     let all = store.try_get_log_entries(..).await.unwrap();
     assert_eq!(all.len(), 13);
@@ -199,15 +174,7 @@ async fn cache_is_bounded_and_reads_merge_engine_and_cache() {
     let left = store.try_get_log_entries(0..=13).await.unwrap();
     assert_eq!(left.first().map(|e| e.index()), Some(6));
     assert_eq!(left.len(), 8);
-    assert_eq!(
-        store
-            .limited_get_log_entries(0, 100)
-            .await
-            .unwrap()
-            .first()
-            .map(|e| e.index()),
-        Some(6)
-    );
+    assert_eq!(store.limited_get_log_entries(0, 100).await.unwrap().first().map(|e| e.index()), Some(6));
 }
 
 #[tokio::test]
@@ -222,10 +189,7 @@ async fn reopen_restores_vote_committed_purged_and_entries() {
         store.purge(log_id(1, 3)).await.unwrap();
         store.truncate_after(Some(log_id(1, 8))).await.unwrap();
         flusher.shutdown().await.unwrap();
-        assert!(
-            store.save_vote(&vote(4)).await.is_err(),
-            "writes after shutdown must fail"
-        );
+        assert!(store.save_vote(&vote(4)).await.is_err(), "writes after shutdown must fail");
     }
     let engine: Arc<dyn KvEngine> = Arc::new(RocksEngine::open(dir.path()).unwrap());
     let (mut store, _flusher) = open(engine);
@@ -235,10 +199,7 @@ async fn reopen_restores_vote_committed_purged_and_entries() {
     assert_eq!(store.read_vote().await.unwrap(), Some(vote(3)));
     assert_eq!(store.read_committed().await.unwrap(), Some(log_id(1, 7)));
     let entries = store.try_get_log_entries(0..100).await.unwrap();
-    assert_eq!(
-        entries.iter().map(|e| e.index()).collect::<Vec<_>>(),
-        (4..=8).collect::<Vec<_>>()
-    );
+    assert_eq!(entries.iter().map(|e| e.index()).collect::<Vec<_>>(), (4..=8).collect::<Vec<_>>());
 }
 
 fn put_raw(engine: &MemEngine, key: Vec<u8>, value: Vec<u8>) {
@@ -253,11 +214,7 @@ async fn corrupt_entry_is_a_read_error_naming_group_key_and_read() {
     for i in 1..=5 {
         put_raw(&engine, keys::log_key(1, i), codec::encode(&blank(1, i)).unwrap());
     }
-    put_raw(
-        &engine,
-        keys::log_key(1, 3),
-        vec![codec::FORMAT_VERSION, 0xFF, 0xFF, 0xFF],
-    );
+    put_raw(&engine, keys::log_key(1, 3), vec![codec::FORMAT_VERSION, 0xFF, 0xFF, 0xFF]);
     let (mut store, _flusher) = open(engine.clone());
     let err = store.try_get_log_entries(1..6).await.unwrap_err();
     assert_eq!(err.kind(), io::ErrorKind::InvalidData);
@@ -277,11 +234,7 @@ async fn corrupt_entry_is_a_read_error_naming_group_key_and_read() {
 #[test]
 fn corrupt_vote_fails_open_with_a_clear_error() {
     let engine = Arc::new(MemEngine::new());
-    put_raw(
-        &engine,
-        keys::raft_key(1, RaftTag::Vote),
-        vec![codec::FORMAT_VERSION],
-    );
+    put_raw(&engine, keys::raft_key(1, RaftTag::Vote), vec![codec::FORMAT_VERSION]);
     let flusher = Flusher::start(engine.clone()).unwrap();
     let err = Store::open(engine, flusher, 1).unwrap_err();
     let msg = err.to_string();
@@ -294,28 +247,18 @@ async fn append_that_would_leave_a_hole_is_refused() {
     let (mut store, _flusher) = open(Arc::new(MemEngine::new()));
     append_flushed(&mut store, vec![blank(1, 1), blank(1, 2)]).await;
     let (tx, _rx) = TestConfig::oneshot();
-    let err = store
-        .append(vec![blank(1, 4)], IOFlushed::signal(tx))
-        .await
-        .unwrap_err();
+    let err = store.append(vec![blank(1, 4)], IOFlushed::signal(tx)).await.unwrap_err();
     assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
     assert!(err.to_string().contains("expected 3"), "{err}");
-    assert_eq!(
-        store.get_log_state().await.unwrap().last_log_id,
-        Some(log_id(1, 2))
-    );
+    assert_eq!(store.get_log_state().await.unwrap().last_log_id, Some(log_id(1, 2)));
 }
 
 #[tokio::test]
 async fn groups_share_one_engine_without_seeing_each_other() {
     let engine: Arc<dyn KvEngine> = Arc::new(MemEngine::new());
     let flusher = Flusher::start(engine.clone()).unwrap();
-    let mut a = Store::open(engine.clone(), flusher.clone(), 1)
-        .unwrap()
-        .with_cache_capacity(0);
-    let mut b = Store::open(engine.clone(), flusher.clone(), 2)
-        .unwrap()
-        .with_cache_capacity(0);
+    let mut a = Store::open(engine.clone(), flusher.clone(), 1).unwrap().with_cache_capacity(0);
+    let mut b = Store::open(engine.clone(), flusher.clone(), 2).unwrap().with_cache_capacity(0);
     append_flushed(&mut a, (1..=3).map(|i| blank(1, i)).collect()).await;
     append_flushed(&mut b, (1..=5).map(|i| blank(2, i)).collect()).await;
     a.purge(log_id(1, 2)).await.unwrap();
@@ -323,9 +266,6 @@ async fn groups_share_one_engine_without_seeing_each_other() {
     flusher.write_synced(WriteBatch::new()).await.unwrap();
     let a2 = Store::open(engine.clone(), flusher.clone(), 1).unwrap();
     let b2 = Store::open(engine, flusher, 2).unwrap();
-    assert_eq!(
-        ids(&a2.clone().try_get_log_entries(..).await.unwrap()),
-        vec![(1, 3)]
-    );
+    assert_eq!(ids(&a2.clone().try_get_log_entries(..).await.unwrap()), vec![(1, 3)]);
     assert_eq!(b2.clone().try_get_log_entries(..).await.unwrap().len(), 4);
 }

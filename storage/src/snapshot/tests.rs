@@ -13,10 +13,7 @@ fn fill(engine: &dyn KvEngine, group: GroupId, n: usize, tag: &str) {
     let mut b = WriteBatch::new();
     for i in 0..n {
         let value = format!("{tag}-{i}-").repeat(1 + i % 50);
-        b.put(
-            keys::data_key(group, format!("k{i:05}").as_bytes()),
-            value.into_bytes(),
-        );
+        b.put(keys::data_key(group, format!("k{i:05}").as_bytes()), value.into_bytes());
     }
     engine.write(&b, false).unwrap();
 }
@@ -53,20 +50,10 @@ fn prepare_target(target: &dyn KvEngine) {
 }
 
 fn assert_installed(src: &MemEngine, target: &dyn KvEngine, other: &[(Vec<u8>, Vec<u8>)]) {
-    assert_eq!(
-        data(target, G),
-        data(src, G),
-        "group data must equal the source exactly"
-    );
+    assert_eq!(data(target, G), data(src, G), "group data must equal the source exactly");
     assert_eq!(data(target, G + 1), other, "other groups must be untouched");
-    assert_eq!(
-        target.get(&keys::log_key(G, 7)).unwrap(),
-        Some(b"log entry".to_vec())
-    );
-    assert_eq!(
-        target.get(&keys::raft_key(G, RaftTag::Applied)).unwrap(),
-        Some(b"applied".to_vec())
-    );
+    assert_eq!(target.get(&keys::log_key(G, 7)).unwrap(), Some(b"log entry".to_vec()));
+    assert_eq!(target.get(&keys::raft_key(G, RaftTag::Applied)).unwrap(), Some(b"applied".to_vec()));
     assert_eq!(interrupted_install(target, G).unwrap(), None);
 }
 
@@ -172,10 +159,7 @@ fn corrupt_files_are_clear_errors_and_leave_the_target_untouched() {
         b[pos] ^= 0x5A;
         std::fs::write(&bad, &b).unwrap();
         let err = verify_snapshot(&bad).unwrap_err();
-        assert!(
-            matches!(err, StorageError::Corrupt { .. }),
-            "flip at {pos}: {err:?}"
-        );
+        assert!(matches!(err, StorageError::Corrupt { .. }), "flip at {pos}: {err:?}");
         check(&b, "bad.snap");
     }
     // Truncated at several places.
@@ -194,10 +178,7 @@ fn corrupt_files_are_clear_errors_and_leave_the_target_untouched() {
     let mut newer = good.clone();
     newer[7] = SNAPSHOT_FORMAT + 1;
     std::fs::write(&bad, &newer).unwrap();
-    assert!(matches!(
-        verify_snapshot(&bad),
-        Err(StorageError::NewerFormat { found: 2, .. })
-    ));
+    assert!(matches!(verify_snapshot(&bad), Err(StorageError::NewerFormat { found: 2, .. })));
     // The wrong group.
     let err = install_snapshot(&target, G + 1, &file.path, WriteBatch::new()).unwrap_err();
     assert!(err.to_string().contains("expected group 3"), "{err}");
@@ -265,33 +246,21 @@ fn install_crash_midway_is_redone_from_the_retained_file() {
 
     let exe = std::env::current_exe().unwrap();
     let out = std::process::Command::new(exe)
-        .args([
-            "--exact",
-            "snapshot::tests::install_crash_midway_is_redone_from_the_retained_file",
-        ])
+        .args(["--exact", "snapshot::tests::install_crash_midway_is_redone_from_the_retained_file"])
         .args(["--test-threads=1", "--nocapture"])
         .env(CRASH_CHILD_ENV, dir.path())
         .output()
         .unwrap();
     let status = out.status;
     assert!(!status.success(), "the child must crash mid-install: {status}");
-    assert_ne!(
-        status.code(),
-        Some(3),
-        "the child finished the install without crashing"
-    );
+    assert_ne!(status.code(), Some(3), "the child finished the install without crashing");
 
     let target = Arc::new(RocksEngine::open(&dir.path().join("db")).unwrap());
-    let marked = interrupted_install(&*target, G)
-        .unwrap()
-        .expect("the installing marker survives the crash");
+    let marked = interrupted_install(&*target, G).unwrap().expect("the installing marker survives the crash");
     assert_eq!(marked, std::path::absolute(&file.path).unwrap());
     let partial = data(&*target, G);
     assert_ne!(partial, data(&src, G), "the crash must land mid-install");
-    assert!(
-        !partial.is_empty(),
-        "some record batches were written before the crash"
-    );
+    assert!(!partial.is_empty(), "some record batches were written before the crash");
     assert_eq!(target.get(&keys::raft_key(G, RaftTag::Applied)).unwrap(), None);
 
     install_snapshot(&*target, G, &marked, finish_batch()).unwrap();
