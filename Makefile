@@ -5,7 +5,7 @@ export CARGO_TARGET_DIR ?= $(CACHE_ROOT)/ironhub/target
 BIN := $(CARGO_TARGET_DIR)/release
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test deps build lint fmt bench chaos-soak clean-data
+.PHONY: run test deps build lint fmt bench clean-data bin-dir
 
 ## Install what a fresh machine lacks (clang/libclang for RocksDB's bindings, MQTT test clients).
 deps:
@@ -45,3 +45,6 @@ bench: build
 
 clean-data:
 	rm -rf ./data
+
+bin-dir:
+	@echo $(BIN)

@@ -111,26 +111,28 @@ fn print_status(v: &Value) {
             println!("  node {:>3}  {}", n["id"], n["cluster_addr"].as_str().unwrap_or(""));
         }
     }
-    println!("{:>6} {:>7} {:>6} {:>10} {:>10}  voters", "group", "leader", "term", "last_log", "applied");
-    if let Some(groups) = v.get("groups").and_then(Value::as_array) {
-        for g in groups {
-            let opt = |k: &str| {
-                if g[k].is_null() {
-                    "-".to_string()
-                } else {
-                    g[k].to_string()
-                }
-            };
-            println!(
-                "{:>6} {:>7} {:>6} {:>10} {:>10}  {}",
-                g["group"],
-                opt("leader"),
-                g["term"],
-                opt("last_log_index"),
-                opt("last_applied"),
-                g["voters"]
-            );
-        }
+    println!(
+        "{:>6} {:>7} {:>6} {:>10} {:>10}  voters / learners",
+        "group", "leader", "term", "last_log", "applied"
+    );
+    for g in v.get("groups").and_then(Value::as_array).into_iter().flatten() {
+        let f = |k: &str| if g[k].is_null() { "-".to_string() } else { g[k].to_string() };
+        println!(
+            "{:>6} {:>7} {:>6} {:>10} {:>10}  {} / {}",
+            f("group"),
+            f("leader"),
+            f("term"),
+            f("last_log_index"),
+            f("last_applied"),
+            f("voters"),
+            f("learners")
+        );
+    }
+    if let Some(p) = v.get("plan").filter(|p| !p.is_null()) {
+        println!(
+            "membership plan {}: {} — {} ({}/{} groups)",
+            p["id"], p["change"], p["state"], p["groups_done"], p["groups_total"]
+        );
     }
 }
 

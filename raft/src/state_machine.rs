@@ -90,7 +90,10 @@ impl GroupStateMachine {
         if let Some(path) = snapshot::interrupted_install(sm.shared.engine.as_ref(), group)? {
             tracing::warn!(group, path = %path.display(), "finishing a snapshot install interrupted by a crash");
             let meta: SnapshotMeta = codec::decode(&snapshot::read_snapshot_meta(&path)?, "snapshot meta")?;
+            let previous = sm.current()?;
             sm.install_file(&meta, &path)?;
+            // As an install that was not interrupted does, drop the snapshot this one replaced.
+            sm.remove_old(previous, &path);
         }
         let view = StateView { engine: sm.shared.engine.as_ref(), group };
         sm.shared.app.restore(group, &view)?;
@@ -253,7 +256,8 @@ impl GroupStateMachine {
     fn remove_old(&self, previous: Option<CurrentSnapshot>, current: &std::path::Path) {
         if let Some(prev) = previous {
             let p = PathBuf::from(prev.path);
-            if p != current {
+            // The install marker holds an absolute path, the record maybe a relative one.
+            if std::path::absolute(&p).ok() != std::path::absolute(current).ok() {
                 if let Err(e) = std::fs::remove_file(&p) {
                     tracing::debug!(path = %p.display(), "old snapshot not removed: {e}");
                 }
@@ -267,10 +271,7 @@ impl GroupStateMachine {
         let rec = CurrentSnapshot { meta: meta.clone(), path: path.display().to_string(), size };
         let mut finish = WriteBatch::default();
         finish.put(keys::raft_key(s.group, keys::RaftTag::Applied), codec::encode(&meta.last_log_id)?);
-        finish.put(
-            keys::raft_key(s.group, keys::RaftTag::Membership),
-            codec::encode(&StoredMembership::default())?,
-        );
+        finish.put(keys::raft_key(s.group, keys::RaftTag::Membership), codec::encode(&meta.last_membership)?);
         finish.put(keys::raft_key(s.group, keys::RaftTag::SnapshotMeta), codec::encode(&rec)?);
         snapshot::install_snapshot(s.engine.as_ref(), s.group, path, finish)
     }

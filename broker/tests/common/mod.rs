@@ -39,6 +39,15 @@ impl Node {
     }
 
     pub fn start(&mut self, peers: &str, secret: &str) {
+        self.spawn(peers, Some(secret));
+    }
+
+    /// Starts with `--peers` but no `--cluster-secret` (certificates in `extra`).
+    pub fn start_without_secret(&mut self, peers: &str) {
+        self.spawn(peers, None);
+    }
+
+    fn spawn(&mut self, peers: &str, secret: Option<&str>) {
         let log = std::fs::File::create(&self.log).expect("log file");
         let mut args = vec![
             "serve".to_string(),
@@ -56,7 +65,10 @@ impl Node {
             TOKEN.into(),
         ];
         if !peers.is_empty() {
-            args.extend(["--peers".into(), peers.into(), "--cluster-secret".into(), secret.into()]);
+            args.extend(["--peers".into(), peers.into()]);
+            if let Some(secret) = secret {
+                args.extend(["--cluster-secret".into(), secret.into()]);
+            }
         }
         args.extend(self.extra.iter().cloned());
         let child = Command::new(bin())
