@@ -12,8 +12,11 @@ use common::*;
 fn config_print_layers_file_env_and_flags_and_redacts_secrets() {
     let dir = tempfile::tempdir().expect("tempdir");
     let file = dir.path().join("hub.toml");
-    std::fs::write(&file, "node_id = 3\n[listeners]\napi = \"127.0.0.1:1111\"\n[raft]\nsnapshot_every = 500\n")
-        .expect("write");
+    std::fs::write(
+        &file,
+        "node_id = 3\n[listeners]\napi = \"127.0.0.1:1111\"\n[raft]\nsnapshot_every = 500\n",
+    )
+    .expect("write");
     let out = Command::new(bin())
         .args(["config", "print", "--config", file.to_str().expect("utf8"), "--api", "127.0.0.1:2222"])
         .args(["--peers", "3=127.0.0.1:7003,4=127.0.0.1:7004"])
@@ -39,7 +42,10 @@ fn bad_configuration_exits_2_naming_the_key() {
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("cluster.secret") && err.contains("ironhub ctl certs"), "{err}");
-    let out = Command::new(bin()).args(["serve", "--node-id", "5", "--peers", "1=127.0.0.1:7001"]).output().expect("run");
+    let out = Command::new(bin())
+        .args(["serve", "--node-id", "5", "--peers", "1=127.0.0.1:7001"])
+        .output()
+        .expect("run");
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not in --peers"));
     let out = Command::new(bin()).args(["serve", "--no-such-flag"]).output().expect("run");

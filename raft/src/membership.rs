@@ -303,23 +303,37 @@ impl RaftNode {
         voters: BTreeSet<NodeId>,
         nodes: BTreeMap<NodeId, NodeAddr>,
     ) -> Result<(), String> {
+        // The leader as this node knows it; a node outside the group asks the target voters.
+        let known = self.raft(g).and_then(|r| r.metrics().borrow_watched().current_leader);
+        let candidates: Vec<NodeId> = match known {
+            Some(l) => vec![l],
+            None => voters.iter().copied().collect(),
+        };
         let req = AdminRequest::Reconfigure { voters, nodes };
-        let leader = self.raft(g).and_then(|r| r.metrics().borrow_watched().current_leader);
-        match leader {
-            Some(l) if l == self.inner.id => self.reconfigure_local(g, req).await,
-            Some(l) => {
-                let body = codec::encode(&req).map_err(|e| e.to_string())?;
-                let resp = self
-                    .inner
-                    .net
-                    .call(l, g, RpcKind::Admin, Bytes::from(body), Duration::from_secs(60))
-                    .await
-                    .map_err(|e| e.to_string())?;
-                codec::decode::<Result<(), String>>(&resp, "reconfigure response")
-                    .map_err(|e| e.to_string())?
+        let mut last = format!("group {g} has no leader");
+        for target in candidates {
+            let r = if target == self.inner.id {
+                self.reconfigure_local(g, req.clone()).await
+            } else {
+                self.reconfigure_remote(g, target, &req).await
+            };
+            match r {
+                Ok(()) => return Ok(()),
+                Err(e) => last = e,
             }
-            None => Err(format!("group {g} has no leader")),
         }
+        Err(last)
+    }
+
+    async fn reconfigure_remote(&self, g: GroupId, target: NodeId, req: &AdminRequest) -> Result<(), String> {
+        let body = codec::encode(req).map_err(|e| e.to_string())?;
+        let resp = self
+            .inner
+            .net
+            .call(target, g, RpcKind::Admin, Bytes::from(body), Duration::from_secs(60))
+            .await
+            .map_err(|e| e.to_string())?;
+        codec::decode::<Result<(), String>>(&resp, "reconfigure response").map_err(|e| e.to_string())?
     }
 
     /// On the leader of `g`: brings the group to `voters` over `nodes` (others become learners,
@@ -329,6 +343,9 @@ impl RaftNode {
             return Err("not a reconfigure".into());
         };
         let raft = self.raft(g).ok_or_else(|| format!("no group {g}"))?;
+        if raft.metrics().borrow_watched().current_leader != Some(self.inner.id) {
+            return Err(format!("node {} does not lead group {g}", self.inner.id));
+        }
         let m = raft.metrics().borrow_watched().membership_config.clone();
         let present: BTreeSet<NodeId> = m.membership().nodes().map(|(id, _)| *id).collect();
         for (id, addr) in &nodes {

@@ -33,6 +33,8 @@ pub struct RaftMetrics {
     pub flushed_entries: prometheus::IntGauge,
     /// Seconds spent in fsync by the storage thread.
     pub fsync_seconds: prometheus::Gauge,
+    rpc_seconds: HistogramVec,
+    rpc_errors: IntCounterVec,
 }
 
 fn group_label(group: u16) -> String {
@@ -107,6 +109,18 @@ impl RaftMetrics {
                 "ironhub_storage_flushed_entries",
                 "Log entries made durable",
             )?,
+            rpc_seconds: HistogramVec::new(
+                HistogramOpts::new("ironhub_raft_rpc_seconds", "Raft RPC round trips to peers, by kind")
+                    .buckets(vec![0.0002, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0]),
+                &["kind"],
+            )?,
+            rpc_errors: IntCounterVec::new(
+                Opts::new(
+                    "ironhub_raft_rpc_errors_total",
+                    "Raft RPCs that failed (unreachable, timeout), by kind",
+                ),
+                &["kind"],
+            )?,
             fsync_seconds: prometheus::Gauge::new(
                 "ironhub_storage_fsync_seconds",
                 "Seconds spent in log fsync",
@@ -128,6 +142,8 @@ impl RaftMetrics {
         registry.register(Box::new(m.flush_rounds.clone()))?;
         registry.register(Box::new(m.flushed_entries.clone()))?;
         registry.register(Box::new(m.fsync_seconds.clone()))?;
+        registry.register(Box::new(m.rpc_seconds.clone()))?;
+        registry.register(Box::new(m.rpc_errors.clone()))?;
         Ok(m)
     }
 
@@ -153,6 +169,15 @@ impl RaftMetrics {
         let g = group_label(group);
         self.snapshots.with_label_values(&[&g, kind]).inc();
         self.snapshot_bytes.with_label_values(&[&g]).set(bytes as i64);
+    }
+
+    pub(crate) fn observe_rpc(&self, kind: crate::transport::RpcKind, ok: bool, took: Duration) {
+        let k = format!("{kind:?}").to_lowercase();
+        if ok {
+            self.rpc_seconds.with_label_values(&[&k]).observe(took.as_secs_f64());
+        } else {
+            self.rpc_errors.with_label_values(&[&k]).inc();
+        }
     }
 
     pub(crate) fn group(&self, group: u16) -> String {

@@ -19,6 +19,7 @@ use serde::Serialize;
 
 use std::sync::Arc;
 
+use crate::metrics::RaftMetrics;
 use crate::net::ClusterNet;
 use crate::transport::{RpcKind, TransportError};
 use crate::types::{GroupId, NodeAddr, NodeId, TypeConfig, Vote};
@@ -28,11 +29,13 @@ use crate::types::{GroupId, NodeAddr, NodeId, TypeConfig, Vote};
 pub struct GroupNetworkFactory {
     pub(crate) net: Arc<dyn ClusterNet>,
     pub(crate) group: GroupId,
+    pub(crate) metrics: RaftMetrics,
 }
 
 /// The network client of one group towards one target node.
 pub struct GroupNetwork {
     net: Arc<dyn ClusterNet>,
+    metrics: RaftMetrics,
     group: GroupId,
     target: NodeId,
 }
@@ -43,7 +46,7 @@ impl RaftNetworkFactory<TypeConfig> for GroupNetworkFactory {
     async fn new_client(&mut self, target: NodeId, node: &NodeAddr) -> GroupNetwork {
         // Membership carries every node's address: nodes added later become reachable this way.
         self.net.set_peer(target, &node.cluster);
-        GroupNetwork { net: self.net.clone(), group: self.group, target }
+        GroupNetwork { net: self.net.clone(), metrics: self.metrics.clone(), group: self.group, target }
     }
 }
 
@@ -64,8 +67,10 @@ impl GroupNetwork {
         ttl: Duration,
     ) -> Result<Resp, RPCError<TypeConfig>> {
         let body = codec::encode(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
-        let resp =
-            self.net.call(self.target, self.group, kind, Bytes::from(body), ttl).await.map_err(rpc_err)?;
+        let started = std::time::Instant::now();
+        let sent = self.net.call(self.target, self.group, kind, Bytes::from(body), ttl).await;
+        self.metrics.observe_rpc(kind, sent.is_ok(), started.elapsed());
+        let resp = sent.map_err(rpc_err)?;
         let r: Result<Resp, String> = codec::decode(&resp, "raft rpc response")
             .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         r.map_err(|msg| RPCError::Network(NetworkError::from_string(msg)))

@@ -300,7 +300,7 @@ impl RaftNode {
                     .await
                     .map_err(|e| NodeError::Raft { group: g, reason: e.to_string() })??
             };
-            let net = GroupNetworkFactory { net: net.clone(), group: g };
+            let net = GroupNetworkFactory { net: net.clone(), group: g, metrics: metrics.clone() };
             let raft = GroupRaft::new(id, raft_config.clone(), net, log, sm)
                 .await
                 .map_err(|e| NodeError::Raft { group: g, reason: e.to_string() })?;
