@@ -7,6 +7,9 @@ use ironhub_storage::{keys, KvEngine, StorageError, WriteBatch};
 
 use crate::types::GroupId;
 
+/// A key and its value.
+pub type KvPair = (Vec<u8>, Vec<u8>);
+
 /// Prefix, inside a group's data space, of the application's keys (the raft layer keeps its
 /// idempotency records under [`RAFT_DATA_PREFIX`]).
 pub(crate) const APP_DATA_PREFIX: u8 = 0x01;
@@ -68,7 +71,7 @@ impl StateView<'_> {
         start: &[u8],
         end: &[u8],
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StorageError> {
+    ) -> Result<Vec<KvPair>, StorageError> {
         let rows = self.engine.scan(&app_key(self.group, start), &app_key(self.group, end), limit)?;
         let cut = app_key(self.group, b"").len();
         Ok(rows.into_iter().map(|(k, v)| (k[cut..].to_vec(), v)).collect())

@@ -111,10 +111,8 @@ impl RaftNode {
                     .call(peer, META_GROUP, RpcKind::Admin, Bytes::from(body), Duration::from_secs(2))
                     .await;
                 let Ok(resp) = r else { continue };
-                let Ok(Ok(hello)) = codec::decode::<Result<HelloResponse, String>>(&resp, "hello")
-                    .map(|x| x)
-                    .or_else(|_| codec::decode::<HelloResponse>(&resp, "hello").map(Ok))
-                else {
+                let Ok(hello) = codec::decode::<HelloResponse>(&resp, "hello") else {
+                    tracing::warn!(peer, "bootstrap: undecodable hello answer");
                     continue;
                 };
                 if let Some(cid) = hello.cluster_id {

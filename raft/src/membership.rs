@@ -167,7 +167,7 @@ impl RaftNode {
     /// The cluster's nodes as this node last applied them (before the first `SetNodes`: the
     /// configured peers, or this node alone).
     pub async fn cluster_nodes(&self) -> BTreeMap<NodeId, NodeAddr> {
-        let stored = self.with_state(META_GROUP, |v| read_nodes(v)).await.ok().flatten();
+        let stored = self.with_state(META_GROUP, read_nodes).await.ok().flatten();
         stored.unwrap_or_else(|| self.configured_nodes())
     }
 
@@ -182,7 +182,7 @@ impl RaftNode {
 
     /// The current or last membership plan, as this node last applied it.
     pub async fn membership_plan(&self) -> Option<MembershipPlan> {
-        self.with_state(META_GROUP, |v| read_plan(v)).await.ok().flatten()
+        self.with_state(META_GROUP, read_plan).await.ok().flatten()
     }
 
     async fn propose_system(&self, cmd: SystemCommand) -> Result<Result<(), String>, ProposeError> {

@@ -360,8 +360,11 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
             let path = PathBuf::from(c.path);
             // A snapshot file that vanished (removed by hand) is as if no snapshot existed:
             // openraft then builds a new one.
-            path.exists()
-                .then(|| openraft::Snapshot { meta: c.meta, snapshot: SnapshotFile { path, size: c.size } })
+            if path.exists() {
+                Some(openraft::Snapshot { meta: c.meta, snapshot: SnapshotFile { path, size: c.size } })
+            } else {
+                None
+            }
         }))
     }
 }
