@@ -66,12 +66,7 @@ impl StateView<'_> {
     }
 
     /// Application keys in `[start, end)` (keys without the group prefix), at most `limit`.
-    pub fn scan(
-        &self,
-        start: &[u8],
-        end: &[u8],
-        limit: usize,
-    ) -> Result<Vec<KvPair>, StorageError> {
+    pub fn scan(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<KvPair>, StorageError> {
         let rows = self.engine.scan(&app_key(self.group, start), &app_key(self.group, end), limit)?;
         let cut = app_key(self.group, b"").len();
         Ok(rows.into_iter().map(|(k, v)| (k[cut..].to_vec(), v)).collect())
