@@ -292,7 +292,12 @@ impl RaftNode {
         let tasks = TaskTracker::new();
         let mut groups = Vec::with_capacity(partitions as usize + 1);
         for g in 0..=partitions {
-            let log = LogStore::open(engine.clone(), flusher.clone(), g)?;
+            let log = {
+                let (engine, flusher) = (engine.clone(), flusher.clone());
+                tokio::task::spawn_blocking(move || LogStore::open(engine, flusher, g))
+                    .await
+                    .map_err(|e| NodeError::Raft { group: g, reason: e.to_string() })??
+            };
             let sm_dir = config.data_dir.join("snapshots").join(format!("g{g}"));
             let sm = {
                 let (engine, app, metrics) = (engine.clone(), app.clone(), metrics.clone());
