@@ -74,6 +74,11 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     {
         tracing::warn!(listener = name, %addr, "not yet available in this build (the MQTT and CoAP front ends land with the broker issue)");
     }
+    // Bind the API first: a port in use fails the start before the node joins the cluster.
+    let api_addr: SocketAddr = resolve(&cfg.listeners.api).map_err(anyhow::Error::msg)?;
+    let listener = tokio::net::TcpListener::bind(api_addr)
+        .await
+        .with_context(|| format!("binding the API listener {api_addr} (in use? change --api)"))?;
     let registry = prometheus::Registry::new();
     let node_cfg = NodeConfig {
         node_id: cfg.node_id,
@@ -89,10 +94,6 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         RaftNode::start(node_cfg, Arc::new(HubState), &registry).await.context("starting the raft node")?;
     tracing::info!(node = cfg.node_id, cluster = %node.cluster_addr(), partitions = node.partitions(), "raft node started");
 
-    let api_addr: SocketAddr = resolve(&cfg.listeners.api).map_err(anyhow::Error::msg)?;
-    let listener = tokio::net::TcpListener::bind(api_addr)
-        .await
-        .with_context(|| format!("binding the API listener {api_addr} (in use? change --api)"))?;
     tracing::info!(%api_addr, "API listening");
     let state = Arc::new(ApiState { node: node.clone(), admin_token: token, registry });
     let shutdown = CancellationToken::new();
