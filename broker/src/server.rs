@@ -23,14 +23,16 @@ fn admin_token(cfg: &Config) -> anyhow::Result<String> {
     if let Ok(t) = std::fs::read_to_string(&path) {
         return Ok(t.trim().to_string());
     }
-    let token: String = {
-        use rand::Rng;
-        let bytes: [u8; 24] = rand::rng().random();
-        hex::encode(bytes)
-    };
+    let token = random_hex();
     write_private(&path, &token).with_context(|| format!("storing the admin token in {}", path.display()))?;
     println!("ironhub: generated admin token (stored in {}): {token}", path.display());
     Ok(token)
+}
+
+fn random_hex() -> String {
+    use rand::Rng;
+    let bytes: [u8; 24] = rand::rng().random();
+    hex::encode(bytes)
 }
 
 fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
@@ -62,12 +64,9 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
             Security::Certs { ca: ca.clone(), cert: cert.clone(), key: key.clone() }
         }
         (Some(s), ..) => Security::Secret(s.clone()),
-        _ => {
-            if !peers.is_empty() {
-                tracing::warn!("--insecure-dev-cluster: cluster traffic is NOT authenticated; never use this in production");
-            }
-            Security::InsecureDev
-        }
+        // A single node talks to no peer; a random secret keeps its loopback port closed to others.
+        _ if peers.is_empty() => Security::Secret(random_hex()),
+        _ => Security::InsecureDev,
     };
     for (name, addr) in
         [("mqtt", &cfg.listeners.mqtt), ("ws", &cfg.listeners.ws), ("coap", &cfg.listeners.coap)]

@@ -1,0 +1,320 @@
+//! Results: the summary table, the JSON file, the PNG plot and the comparison of two runs.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::cli::{Protocol, Qos};
+use crate::metrics::Percentiles;
+
+/// One second of the run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Sample {
+    /// Seconds since the run started.
+    pub t_s: f64,
+    /// Publishes sent per second.
+    pub out_per_s: f64,
+    /// Messages received per second.
+    pub in_per_s: f64,
+    /// Successful connects per second.
+    pub connects_per_s: f64,
+    /// Connections open.
+    pub open: u64,
+    /// Median latency in this second, µs.
+    pub p50_us: u64,
+    /// 99th percentile latency in this second, µs.
+    pub p99_us: u64,
+}
+
+/// CPU used by one process during the run.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProcessCpu {
+    /// Process id (0 for the bench itself).
+    pub pid: u32,
+    /// CPU seconds (user + system); `None` if /proc could not be read.
+    pub cpu_s: Option<f64>,
+    /// CPU seconds per wall second, in percent of one core.
+    pub percent_of_core: Option<f64>,
+}
+
+/// CPU used by the bench and the brokers.
+#[derive(Debug, Clone, Serialize)]
+pub struct CpuUse {
+    /// The bench process.
+    pub bench: ProcessCpu,
+    /// Each `--broker-pid`.
+    pub brokers: Vec<ProcessCpu>,
+}
+
+impl CpuUse {
+    /// The difference of two snapshots `(self, brokers)` over `wall`.
+    pub fn between(
+        a: &(Option<f64>, Vec<Option<f64>>),
+        b: &(Option<f64>, Vec<Option<f64>>),
+        pids: &[u32],
+        wall: Duration,
+    ) -> Self {
+        let one = |pid: u32, x: Option<f64>, y: Option<f64>| {
+            let cpu_s = match (x, y) {
+                (Some(x), Some(y)) => Some(y - x),
+                _ => None,
+            };
+            ProcessCpu {
+                pid,
+                cpu_s,
+                percent_of_core: cpu_s.map(|c| 100.0 * c / wall.as_secs_f64().max(1e-3)),
+            }
+        };
+        CpuUse {
+            bench: one(0, a.0, b.0),
+            brokers: pids
+                .iter()
+                .enumerate()
+                .map(|(i, &p)| one(p, a.1.get(i).copied().flatten(), b.1.get(i).copied().flatten()))
+                .collect(),
+        }
+    }
+}
+
+/// The result of one run (also the JSON written by `--out`).
+#[derive(Debug, Clone, Serialize)]
+pub struct RunResult {
+    /// Scenario name.
+    pub scenario: String,
+    /// HOST:PORT.
+    pub broker: String,
+    /// MQTT version.
+    pub protocol: Protocol,
+    /// QoS.
+    pub qos: Qos,
+    /// Payload bytes.
+    pub payload_size: usize,
+    /// Idle connections.
+    pub idle_clients: usize,
+    /// Publishers.
+    pub publishers: usize,
+    /// Subscribers.
+    pub subscribers: usize,
+    /// Target rate per publisher, messages/s (0 = unlimited).
+    pub rate_per_publisher: f64,
+    /// The process's soft open-file limit.
+    pub fd_limit: u64,
+    /// The most connections this process may open.
+    pub max_connections: u64,
+    /// Seconds from the start signal until every publisher stopped.
+    pub publish_s: f64,
+    /// Seconds of the whole run.
+    pub wall_s: f64,
+    /// Publishes sent.
+    pub sent: u64,
+    /// Publishes acknowledged (QoS 0: written).
+    pub acked: u64,
+    /// Messages received.
+    pub received: u64,
+    /// Messages the plan expected to be received.
+    pub expected: u64,
+    /// Expected messages never received.
+    pub lost: u64,
+    /// Messages received more than once (per accounting group).
+    pub duplicated: u64,
+    /// Messages received after a later one of the same publisher.
+    pub out_of_order: u64,
+    /// Publish throughput, messages/s.
+    pub out_per_s: f64,
+    /// Receive throughput, messages/s.
+    pub in_per_s: f64,
+    /// Publish-to-receive latency.
+    pub latency: Percentiles,
+    /// Connections attempted.
+    pub connect_attempts: u64,
+    /// Connections that got CONNACK.
+    pub connected: u64,
+    /// Seconds from the first connect to the last CONNACK / SUBACK.
+    pub connect_phase_s: f64,
+    /// Successful connects per second over the connect phase.
+    pub connects_per_s: f64,
+    /// TCP connect to CONNACK.
+    pub connect_latency: Percentiles,
+    /// Errors by kind.
+    pub errors: BTreeMap<String, u64>,
+    /// CPU used.
+    pub cpu: CpuUse,
+    /// One sample per second.
+    pub timeline: Vec<Sample>,
+}
+
+/// Formats µs as a short human duration.
+pub fn fmt_us(us: u64) -> String {
+    if us >= 1_000_000 {
+        format!("{:.2}s", us as f64 / 1e6)
+    } else if us >= 1_000 {
+        format!("{:.2}ms", us as f64 / 1e3)
+    } else {
+        format!("{us}µs")
+    }
+}
+
+fn fmt_cpu(c: &ProcessCpu) -> String {
+    match (c.cpu_s, c.percent_of_core) {
+        (Some(s), Some(p)) => format!("{s:.2} s ({p:.0}% of a core)"),
+        _ => "unreadable".into(),
+    }
+}
+
+/// The summary table.
+pub fn summary(r: &RunResult) -> String {
+    let mut out = String::new();
+    let mut row = |k: &str, v: String| out.push_str(&format!("  {k:<22} {v}\n"));
+    let proto = match r.protocol {
+        Protocol::V311 => "3.1.1",
+        Protocol::V5 => "5",
+    };
+    let qos = match r.qos {
+        Qos::Q0 => 0,
+        Qos::Q1 => 1,
+        Qos::Q2 => 2,
+    };
+    row("scenario", format!("{} against {} (MQTT {proto}, QoS {qos})", r.scenario, r.broker));
+    row(
+        "clients",
+        format!("{} publishers, {} subscribers, {} idle", r.publishers, r.subscribers, r.idle_clients),
+    );
+    row(
+        "connect",
+        format!(
+            "{}/{} ok in {:.2} s ({:.0}/s); latency p50 {} p99 {} max {}",
+            r.connected,
+            r.connect_attempts,
+            r.connect_phase_s,
+            r.connects_per_s,
+            fmt_us(r.connect_latency.p50_us),
+            fmt_us(r.connect_latency.p99_us),
+            fmt_us(r.connect_latency.max_us)
+        ),
+    );
+    row("published", format!("{} in {:.2} s ({:.0}/s), {} acked", r.sent, r.publish_s, r.out_per_s, r.acked));
+    row("received", format!("{} of {} expected ({:.0}/s)", r.received, r.expected, r.in_per_s));
+    row("lost / dup / reorder", format!("{} / {} / {}", r.lost, r.duplicated, r.out_of_order));
+    let l = &r.latency;
+    row(
+        "latency",
+        format!(
+            "p50 {} p90 {} p99 {} p99.9 {} max {} (n={})",
+            fmt_us(l.p50_us),
+            fmt_us(l.p90_us),
+            fmt_us(l.p99_us),
+            fmt_us(l.p999_us),
+            fmt_us(l.max_us),
+            l.count
+        ),
+    );
+    row("bench cpu", fmt_cpu(&r.cpu.bench));
+    for b in &r.cpu.brokers {
+        row(&format!("broker pid {} cpu", b.pid), fmt_cpu(b));
+    }
+    if r.errors.is_empty() {
+        row("errors", "none".into());
+    } else {
+        let e: Vec<String> = r.errors.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        row("errors", e.join(" "));
+    }
+    out
+}
+
+/// Writes the JSON result.
+pub fn write_json(r: &RunResult, path: &Path) -> std::io::Result<()> {
+    let text = serde_json::to_string_pretty(r).map_err(std::io::Error::other)?;
+    std::fs::write(path, text)
+}
+
+/// The comparison table of two runs of one scenario (ratios are B / A).
+pub fn compare(a: &RunResult, b: &RunResult) -> String {
+    let ratio = |x: f64, y: f64| if x > 0.0 { format!("{:.2}", y / x) } else { "-".into() };
+    let mut out = format!("  {:<22} {:>14} {:>14} {:>8}\n", "metric", "A", "B", "B/A");
+    let rows: Vec<(&str, f64, f64)> = vec![
+        ("out msg/s", a.out_per_s, b.out_per_s),
+        ("in msg/s", a.in_per_s, b.in_per_s),
+        ("latency p50 µs", a.latency.p50_us as f64, b.latency.p50_us as f64),
+        ("latency p99 µs", a.latency.p99_us as f64, b.latency.p99_us as f64),
+        ("latency p99.9 µs", a.latency.p999_us as f64, b.latency.p999_us as f64),
+        ("latency max µs", a.latency.max_us as f64, b.latency.max_us as f64),
+        ("connects/s", a.connects_per_s, b.connects_per_s),
+        ("connect p99 µs", a.connect_latency.p99_us as f64, b.connect_latency.p99_us as f64),
+        ("lost", a.lost as f64, b.lost as f64),
+        ("errors", a.errors.values().sum::<u64>() as f64, b.errors.values().sum::<u64>() as f64),
+        ("bench cpu s", a.cpu.bench.cpu_s.unwrap_or(0.0), b.cpu.bench.cpu_s.unwrap_or(0.0)),
+    ];
+    for (k, x, y) in rows {
+        out.push_str(&format!("  {k:<22} {x:>14.1} {y:>14.1} {:>8}\n", ratio(x, y)));
+    }
+    out
+}
+
+/// Why the plot could not be drawn.
+#[derive(Debug, thiserror::Error)]
+#[error("plot {path}: {why}")]
+pub struct PlotError {
+    path: String,
+    why: String,
+}
+
+/// One plotted line: its points and colour.
+type Series = (Vec<(f64, f64)>, plotters::style::RGBColor);
+
+/// Draws the timeline as a PNG: top panel throughput (blue = out, red = in, msg/s), bottom panel
+/// latency (green = p50, red = p99). No text: plotters' text needs system fonts, which a bare
+/// machine may lack; the JSON carries the numbers.
+pub fn plot(r: &RunResult, path: &Path) -> Result<(), PlotError> {
+    use plotters::prelude::*;
+    let err = |e: &dyn std::fmt::Display| PlotError { path: path.display().to_string(), why: e.to_string() };
+    let root = BitMapBackend::new(path, (900, 600)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(&e))?;
+    let (top, bottom) = root.split_vertically(300);
+    let t_max = r.timeline.last().map(|s| s.t_s).unwrap_or(1.0).max(1.0);
+    let panels: [(&DrawingArea<_, _>, Vec<Series>); 2] = [
+        (
+            &top,
+            vec![
+                (r.timeline.iter().map(|s| (s.t_s, s.out_per_s)).collect(), BLUE),
+                (r.timeline.iter().map(|s| (s.t_s, s.in_per_s)).collect(), RED),
+            ],
+        ),
+        (
+            &bottom,
+            vec![
+                (r.timeline.iter().map(|s| (s.t_s, s.p50_us as f64 / 1000.0)).collect(), GREEN),
+                (r.timeline.iter().map(|s| (s.t_s, s.p99_us as f64 / 1000.0)).collect(), RED),
+            ],
+        ),
+    ];
+    for (area, series) in panels {
+        let y_max = series.iter().flat_map(|(pts, _)| pts.iter().map(|p| p.1)).fold(1.0, f64::max) * 1.1;
+        let mut chart = ChartBuilder::on(area)
+            .margin(10)
+            .build_cartesian_2d(0.0..t_max, 0.0..y_max)
+            .map_err(|e| err(&e))?;
+        chart
+            .plotting_area()
+            .draw(&Rectangle::new([(0.0, 0.0), (t_max, y_max)], BLACK.stroke_width(1)))
+            .map_err(|e| err(&e))?;
+        for (pts, color) in series {
+            chart.draw_series(LineSeries::new(pts, color.stroke_width(2))).map_err(|e| err(&e))?;
+        }
+    }
+    root.present().map_err(|e| err(&e))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_are_printed_in_fitting_units() {
+        assert_eq!(fmt_us(850), "850µs");
+        assert_eq!(fmt_us(1_500), "1.50ms");
+        assert_eq!(fmt_us(2_500_000), "2.50s");
+    }
+}
