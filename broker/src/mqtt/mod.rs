@@ -1,0 +1,3 @@
+//! MQTT: the wire codec. Sessions and connection handling will live beside it.
+
+pub mod codec;
