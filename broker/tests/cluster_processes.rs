@@ -17,9 +17,18 @@ async fn write(node: &Node, topic: &str, payload: &str) -> bool {
     )
 }
 
+/// Reads a retained value; retries while the node answers "unavailable" (a leader change under
+/// way), for up to 20 s. `None` means not found (or still unavailable at the end).
 async fn read(node: &Node, topic: &str) -> Option<String> {
-    let (status, v) = get(&node.url(&format!("/api/v1/retained/{topic}"))).await?;
-    (status == 200).then(|| v["payload"].as_str().unwrap_or("").to_string())
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match get(&node.url(&format!("/api/v1/retained/{topic}"))).await {
+            Some((200, v)) => return Some(v["payload"].as_str().unwrap_or("").to_string()),
+            Some((404, _)) => return None,
+            _ if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(100)).await,
+            _ => return None,
+        }
+    }
 }
 
 /// Writes until acknowledged (retrying through `nodes` in turn) or `within` passes.
@@ -114,11 +123,16 @@ async fn three_nodes_survive_kill9_of_a_leader_and_lose_nothing_acknowledged() {
         c.logs()
     );
     for (topic, payload) in &acked {
-        assert_eq!(
-            read(back, topic).await.as_deref(),
-            Some(payload.as_str()),
-            "{topic} on the restarted node"
-        );
+        let got = read(back, topic).await;
+        if got.as_deref() != Some(payload.as_str()) {
+            let (_, v) = get(&back.url("/api/v1/cluster")).await.expect("cluster");
+            let g = ironhub_raft::partition_of(topic.as_bytes(), 16);
+            panic!(
+                "{topic} (group {g}) on the restarted node: {got:?}, expected {payload}\ngroup: {}\n{}",
+                v["groups"][g as usize],
+                c.logs()
+            );
+        }
     }
     let (_, v) = get(&back.url("/api/v1/cluster")).await.expect("cluster");
     let snapshots =

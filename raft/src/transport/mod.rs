@@ -277,15 +277,21 @@ impl Transport {
             return Err(TransportError::protocol(target, "snapshots go through send_snapshot"));
         }
         let len = self.check_len(body.len())?;
+        let slot = self.slot(target)?;
         let work = async {
-            let slot = self.slot(target)?;
             let (_conn, mut send, mut recv) = self.open_stream(&slot, target).await?;
             let req = self.header(group, kind, len);
             let mut chunks = [client::header_chunk(&req), body];
             client::write_request(&mut send, target, &mut chunks).await?;
             self.finish(target, &req, &mut recv, len as u64).await
         };
-        self.run(target, timeout, work).await
+        let r = self.run(target, timeout, work).await;
+        match &r {
+            Ok(_) | Err(TransportError::Remote(_)) => slot.answered(),
+            Err(TransportError::Timeout { .. }) => slot.timed_out(),
+            Err(_) => {}
+        }
+        r
     }
 
     /// Streams a snapshot file to `target` (from disk in chunks, on a low-priority stream) with an

@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -42,6 +42,18 @@ pub(crate) struct PeerSlot {
     conn: Mutex<Option<quinn::Connection>>,
     dial: tokio::sync::Mutex<Backoff>,
     removed: AtomicBool,
+    /// When a request over this slot last got an answer (ms since [`epoch`]).
+    last_answer_ms: AtomicU64,
+}
+
+/// A connection whose peer has not answered for this long while requests time out is presumed
+/// dead (e.g. the peer process was killed and restarted, which QUIC only notices after its idle
+/// timeout) and is closed, so the next request re-dials. Heartbeats answer every 150 ms.
+const STALE_AFTER_MS: u64 = 1000;
+
+fn epoch_ms() -> u64 {
+    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    EPOCH.get_or_init(std::time::Instant::now).elapsed().as_millis() as u64
 }
 
 /// Everything a dial needs, borrowed from the transport.
@@ -60,6 +72,29 @@ impl PeerSlot {
             conn: Mutex::new(None),
             dial: tokio::sync::Mutex::new(Backoff::default()),
             removed: AtomicBool::new(false),
+            last_answer_ms: AtomicU64::new(epoch_ms()),
+        }
+    }
+
+    /// Records that a request got an answer.
+    pub(crate) fn answered(&self) {
+        self.last_answer_ms.store(epoch_ms(), Ordering::Relaxed);
+    }
+
+    /// A request timed out: drop the connection if the peer has been silent for too long.
+    pub(crate) fn timed_out(&self) {
+        let silent = epoch_ms().saturating_sub(self.last_answer_ms.load(Ordering::Relaxed));
+        if silent >= STALE_AFTER_MS {
+            if let Some(c) = self.conn.lock().take() {
+                tracing::info!(
+                    peer = self.id,
+                    silent_ms = silent,
+                    "peer silent: closing the connection to re-dial"
+                );
+                c.close(quinn::VarInt::from_u32(CLOSE_REPLACED), b"no answer: re-dialling");
+            }
+            // Do not close again until another quiet second has passed.
+            self.answered();
         }
     }
 
