@@ -277,6 +277,9 @@ impl Transport {
             return Err(TransportError::protocol(target, "snapshots go through send_snapshot"));
         }
         let len = self.check_len(body.len())?;
+        if self.inner.shared.cancel.is_cancelled() {
+            return Err(TransportError::Closed);
+        }
         let slot = self.slot(target)?;
         let work = async {
             let (_conn, mut send, mut recv) = self.open_stream(&slot, target).await?;
