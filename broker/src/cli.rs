@@ -161,6 +161,8 @@ pub enum ClusterCommand {
         /// Its cluster address HOST:PORT.
         addr: String,
     },
+    /// Abandon the running membership plan (e.g. the added node never came up).
+    CancelPlan,
     /// Remove a node from every group.
     RemoveNode {
         /// The node's id.

@@ -59,6 +59,15 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<()> {
             let plan = send_json(&args, reqwest::Method::POST, "/api/v1/cluster/nodes", Some(body)).await?;
             follow_plan(&args, &plan).await
         }
+        CtlCommand::Cluster { command: ClusterCommand::CancelPlan } => {
+            let plan = send_json(&args, reqwest::Method::DELETE, "/api/v1/cluster/plan", None).await?;
+            println!(
+                "plan {}: {}",
+                plan["id"].as_str().unwrap_or_default(),
+                plan["state"].as_str().unwrap_or_default()
+            );
+            Ok(())
+        }
         CtlCommand::Cluster { command: ClusterCommand::RemoveNode { id } } => {
             let plan =
                 send_json(&args, reqwest::Method::DELETE, &format!("/api/v1/cluster/nodes/{id}"), None)

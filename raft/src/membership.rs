@@ -136,6 +136,13 @@ pub(crate) fn apply_system(
             Some(mut p) if p.id == *id && p.finished.is_none() => {
                 if error.is_none() {
                     txn.raw_put(raft_key(NODES_KEY), codec::encode(&p.nodes_after)?);
+                } else if let MembershipChange::AddNode { id: added, .. } = &p.change {
+                    // An abandoned add: the node is not a member. Groups it may already have joined
+                    // drop it at the next plan (reconfigure removes nodes outside the list), or at
+                    // `remove-node`.
+                    let mut nodes = p.nodes_after.clone();
+                    nodes.remove(added);
+                    txn.raw_put(raft_key(NODES_KEY), codec::encode(&nodes)?);
                 }
                 p.finished = Some(error.clone());
                 txn.raw_put(raft_key(PLAN_KEY), codec::encode(&p)?);
@@ -159,6 +166,9 @@ fn read_plan(v: &StateView<'_>) -> Result<Option<MembershipPlan>, StorageError> 
         None => Ok(None),
     }
 }
+
+/// How long one group waits for a new learner to catch up before the step fails.
+const LEARNER_CATCH_UP: Duration = Duration::from_secs(60);
 
 /// How often the meta leader looks for plan work.
 const PLAN_TICK: Duration = Duration::from_millis(500);
@@ -204,10 +214,32 @@ impl RaftNode {
         self.start_plan(MembershipChange::AddNode { id, addr }, after).await
     }
 
+    /// Abandons the running plan: groups already reconfigured stay so (each step leaves a valid
+    /// membership), the rest keep their old one, and a new plan may start. For a mistyped address
+    /// or a node that never came up.
+    pub async fn cancel_plan(&self) -> Result<MembershipPlan, String> {
+        self.read_barrier(META_GROUP).await.map_err(|e| e.to_string())?;
+        let plan = self
+            .membership_plan()
+            .await
+            .filter(|p| p.finished.is_none())
+            .ok_or_else(|| "no membership plan is running".to_string())?;
+        let error = Some("cancelled by the operator".to_string());
+        self.propose_system(SystemCommand::FinishPlan { plan: plan.id, error })
+            .await
+            .map_err(|e| e.to_string())??;
+        tracing::warn!(plan = plan.id, change = ?plan.change, "membership plan cancelled");
+        // The commit happened on the meta leader; read it back from this node's state.
+        self.read_barrier(META_GROUP).await.map_err(|e| e.to_string())?;
+        self.membership_plan().await.ok_or_else(|| "plan vanished".to_string())
+    }
+
     /// Starts a plan removing node `id` from every group.
     pub async fn remove_node(&self, id: NodeId) -> Result<MembershipPlan, String> {
         let nodes = self.current_nodes_linearizable().await?;
-        if !nodes.contains_key(&id) {
+        // A node left in some group by an abandoned plan can be removed although it is not listed.
+        let in_a_group = self.status().iter().any(|g| g.voters.contains(&id) || g.learners.contains(&id));
+        if !nodes.contains_key(&id) && !in_a_group {
             return Err(format!("node {id} is not a member"));
         }
         if nodes.len() <= 1 {
@@ -350,9 +382,13 @@ impl RaftNode {
         let present: BTreeSet<NodeId> = m.membership().nodes().map(|(id, _)| *id).collect();
         for (id, addr) in &nodes {
             if !present.contains(id) {
-                // Blocks until the learner caught up with the leader's log.
-                raft.add_learner(*id, addr.clone(), true)
+                // Blocks until the learner caught up with the leader's log; a node that never
+                // answers fails the step (the plan retries it, or the operator cancels the plan).
+                tokio::time::timeout(LEARNER_CATCH_UP, raft.add_learner(*id, addr.clone(), true))
                     .await
+                    .map_err(|_| {
+                        format!("node {id} did not catch up within {LEARNER_CATCH_UP:?}: is it running?")
+                    })?
                     .map_err(|e| format!("add learner {id}: {e}"))?;
             }
         }

@@ -352,3 +352,25 @@ async fn writes_commit_through_message_loss_and_delay() {
         assert_eq!(c.read(id, 1, "lossy").await, 100);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plan_for_a_node_that_never_starts_can_be_cancelled() {
+    let c = TestCluster::start(3, 2, fast_timing()).await;
+    c.wait_all_led(&[1, 2, 3], Duration::from_secs(20)).await;
+    // Node 7 is never started: the plan cannot make progress.
+    let plan = c.nodes[&1].add_node(7, addr(7).to_string()).await.expect("plan starts");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let running = c.nodes[&1].membership_plan().await.expect("plan");
+    assert_eq!((running.id, running.finished.clone()), (plan.id, None));
+    assert!(c.nodes[&2].add_node(8, addr(8).to_string()).await.is_err(), "one plan at a time");
+    let cancelled = c.nodes[&2].cancel_plan().await.expect("cancel");
+    assert_eq!(cancelled.id, plan.id);
+    assert_eq!(cancelled.finished, Some(Some("cancelled by the operator".into())));
+    assert!(c.nodes[&3].cancel_plan().await.is_err(), "nothing left to cancel");
+    c.nodes[&1].read_barrier(0).await.expect("barrier");
+    let nodes = c.nodes[&1].cluster_nodes().await;
+    assert_eq!(nodes.keys().copied().collect::<Vec<_>>(), vec![1, 2, 3], "node 7 is not a member");
+    for g in 0..c.groups() {
+        assert_eq!(c.incr(2, g, "c").await, 1, "group {g} still writable");
+    }
+}

@@ -77,6 +77,7 @@ pub fn router(state: Shared) -> Router {
         .route("/api/v1/cluster", get(cluster))
         .route("/api/v1/cluster/nodes", axum::routing::post(add_node))
         .route("/api/v1/cluster/nodes/{id}", axum::routing::delete(remove_node))
+        .route("/api/v1/cluster/plan", axum::routing::delete(cancel_plan))
         .route("/api/v1/retained/{*topic}", get(get_retained).put(put_retained).delete(delete_retained))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
@@ -203,6 +204,17 @@ async fn add_node(
     crate::config::resolve(&b.addr).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_addr", e))?;
     let plan = s.node.add_node(b.id, b.addr).await.map_err(bad_plan)?;
     Ok((StatusCode::ACCEPTED, Json(plan_view(&plan, s.node.status().len()))))
+}
+
+async fn cancel_plan(State(s): State<Shared>) -> Result<Json<serde_json::Value>, ApiError> {
+    let plan = s.node.cancel_plan().await.map_err(|e| {
+        if e.contains("no membership plan") {
+            ApiError::new(StatusCode::NOT_FOUND, "no_plan", e)
+        } else {
+            bad_plan(e)
+        }
+    })?;
+    Ok(Json(plan_view(&plan, s.node.status().len())))
 }
 
 async fn remove_node(
