@@ -5,6 +5,7 @@
 use crate::mqtt::codec::base::*;
 use bytes::{BufMut, Bytes, BytesMut};
 
+mod ack;
 mod auth;
 mod connack;
 mod connect;
@@ -20,6 +21,7 @@ mod subscribe;
 mod unsuback;
 mod unsubscribe;
 
+pub use ack::*;
 pub use auth::*;
 pub use connack::*;
 pub use connect::*;

@@ -96,77 +96,9 @@ impl PubAck {
     }
 }
 
-#[derive(Debug, Clone, PartialEq)]
-pub struct PubAckProperties {
-    pub reason_string: Option<String>,
-    pub user_properties: Vec<(String, String)>,
-}
+/// Properties of a PUBACK (shared with the other acknowledgements).
+pub type PubAckProperties = AckProperties;
 
-impl PubAckProperties {
-    pub fn len(&self) -> usize {
-        let mut len = 0;
-
-        if let Some(reason) = &self.reason_string {
-            len += 1 + 2 + reason.len();
-        }
-
-        for (key, value) in self.user_properties.iter() {
-            len += 1 + 2 + key.len() + 2 + value.len();
-        }
-
-        len
-    }
-
-    pub fn extract(bytes: &mut Bytes) -> Result<Option<PubAckProperties>, Error> {
-        let mut reason_string = None;
-        let mut user_properties = Vec::new();
-
-        let (properties_len_len, properties_len) = length(bytes.iter())?;
-        bytes.advance(properties_len_len);
-        let mut props = split_properties(bytes, properties_len)?;
-        let bytes = &mut props;
-        if properties_len == 0 {
-            return Ok(None);
-        }
-        // read until cursor reaches property length. properties_len = 0 will skip this loop
-        while bytes.has_remaining() {
-            let prop = read_u8(bytes)?;
-
-            match property(prop)? {
-                PropertyType::ReasonString => {
-                    let reason = read_mqtt_string(bytes)?;
-                    set_once(&mut reason_string, reason, prop)?;
-                }
-                PropertyType::UserProperty => {
-                    let key = read_mqtt_string(bytes)?;
-                    let value = read_mqtt_string(bytes)?;
-                    user_properties.push((key, value));
-                }
-                _ => return Err(Error::InvalidPropertyType(prop)),
-            }
-        }
-
-        Ok(Some(PubAckProperties { reason_string, user_properties }))
-    }
-
-    fn write(&self, buffer: &mut BytesMut) -> Result<(), Error> {
-        let len = self.len();
-        write_remaining_length(buffer, len)?;
-
-        if let Some(reason) = &self.reason_string {
-            buffer.put_u8(PropertyType::ReasonString as u8);
-            write_mqtt_string(buffer, reason)?;
-        }
-
-        for (key, value) in self.user_properties.iter() {
-            buffer.put_u8(PropertyType::UserProperty as u8);
-            write_mqtt_string(buffer, key)?;
-            write_mqtt_string(buffer, value)?;
-        }
-
-        Ok(())
-    }
-}
 /// Connection return code type
 fn reason(num: u8) -> Result<PubAckReason, Error> {
     let code = match num {
