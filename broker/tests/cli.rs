@@ -78,3 +78,49 @@ async fn a_cluster_runs_on_certificates_from_ctl_certs() {
     }
     assert!(wait_all_led(&c.nodes[0], &[1, 2], Duration::from_secs(60)).await.is_some(), "{}", c.logs());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_api_requests_get_json_errors_and_change_nothing() {
+    let mut c = Cluster::new(1);
+    c.start_all();
+    assert!(wait_healthy(&c.nodes[0], Duration::from_secs(30)).await, "{}", c.logs());
+    assert!(wait_all_led(&c.nodes[0], &[1], Duration::from_secs(30)).await.is_some());
+    let url = c.nodes[0].url("/api/v1/retained/a/b");
+    let http = client();
+    let cases: Vec<(reqwest::RequestBuilder, u16)> = vec![
+        (http.put(&url).bearer_auth(TOKEN).body("{not json").header("content-type", "application/json"), 400),
+        (
+            http.put(&url)
+                .bearer_auth(TOKEN)
+                .body("{\"payload\":1}")
+                .header("content-type", "application/json"),
+            422,
+        ),
+        (http.put(&url).bearer_auth(TOKEN).json(&serde_json::json!({"payload": "x", "qos": 7})), 400),
+        (
+            http.put(c.nodes[0].url("/api/v1/retained/a/+"))
+                .bearer_auth(TOKEN)
+                .json(&serde_json::json!({"payload": "x"})),
+            400,
+        ),
+        (http.put(&url).json(&serde_json::json!({"payload": "x"})), 401),
+        (http.get(c.nodes[0].url("/api/v1/nope")).bearer_auth(TOKEN), 404),
+        // Last: the server answers before reading the whole body and closes that connection.
+        (
+            http.put(&url)
+                .bearer_auth(TOKEN)
+                .body(vec![b'a'; 3 << 20])
+                .header("content-type", "application/json"),
+            413,
+        ),
+    ];
+    for (req, want) in cases {
+        let r = req.send().await.expect("send");
+        let status = r.status().as_u16();
+        let body: serde_json::Value = r.json().await.expect("a JSON error body");
+        assert_eq!(status, want, "{body}");
+        assert!(body["error"]["code"].is_string() && body["error"]["message"].is_string(), "{body}");
+    }
+    let (status, _) = get(&url).await.expect("get");
+    assert_eq!(status, 404, "nothing was stored");
+}

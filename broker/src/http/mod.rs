@@ -184,6 +184,12 @@ struct AddNodeBody {
     addr: String,
 }
 
+/// A body that is not the expected JSON: the extractor's status (400, 413 too large, 415 wrong
+/// content type, 422 wrong shape) with its explanation, as our JSON error.
+fn bad_json(e: axum::extract::rejection::JsonRejection) -> ApiError {
+    ApiError::new(e.status(), "bad_json", e.body_text())
+}
+
 fn bad_plan(e: String) -> ApiError {
     let status = if e.contains("still running") || e.contains("already") || e.contains("not a member") {
         StatusCode::CONFLICT
@@ -197,7 +203,7 @@ async fn add_node(
     State(s): State<Shared>,
     body: Result<Json<AddNodeBody>, axum::extract::rejection::JsonRejection>,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
-    let Json(b) = body.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_json", e.body_text()))?;
+    let Json(b) = body.map_err(bad_json)?;
     if b.id == 0 {
         return Err(ApiError::new(StatusCode::BAD_REQUEST, "bad_node", "node ids start at 1"));
     }
@@ -266,7 +272,7 @@ async fn put_retained(
     Path(topic): Path<String>,
     body: Result<Json<RetainBody>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let Json(body) = body.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_json", e.body_text()))?;
+    let Json(body) = body.map_err(bad_json)?;
     match set_retained(&s, topic, Bytes::from(body.payload.into_bytes()), body.qos).await? {
         CmdResponse::Applied { index, .. } => Ok(Json(json!({"applied_index": index}))),
         CmdResponse::Rejected { reason } => Err(ApiError::new(StatusCode::BAD_REQUEST, "rejected", reason)),
