@@ -1,0 +1,205 @@
+//! Network namespaces: each node in its own namespace with its own address, so the network can be
+//! cut for real.
+//!
+//! Layout (all names carry a per-run id, so concurrent runs do not collide): a bridge `ihc<run>` in
+//! the root namespace with 10.213.X.254/24, and per node a namespace `ihc<run>-n<i>` holding one end
+//! of a veth pair (10.213.X.i/24) whose other end is on the bridge. The tool itself stays in the root
+//! namespace and reaches every node's MQTT and API through the bridge, so clients are never cut off
+//! by a partition (a client on the minority side sees what a device there would see).
+//!
+//! Cuts are blackhole routes in the sender's namespace (`ip route add blackhole <peer>/32`): a
+//! directed cut drops the packets one node sends to another, so a partition is two cuts per pair,
+//! a one-way fault cuts only the sending side, a bridge cuts the two non-bridge nodes from each other.
+//! Latency and loss would need `tc netem`; this kernel has no `sch_netem`, so they are not offered.
+//! Needs root (or CAP_NET_ADMIN) and `ip` from iproute2.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+
+use super::process::{ClusterSpec, NodeSpec, ProcessBackend};
+use super::{Backend, Cut, NodeEndpoints, NodeId};
+use crate::schedule::FaultKind;
+
+/// The ports every node uses inside its namespace (in the tool's 23000–23999 range).
+const MQTT_PORT: u16 = 23000;
+
+/// Nodes in network namespaces joined by a bridge.
+pub struct NetnsBackend {
+    procs: ProcessBackend,
+    run: String,
+    subnet: u8,
+    n: u64,
+    cuts: Vec<Cut>,
+    set_up: bool,
+}
+
+fn ip(args: &[&str]) -> anyhow::Result<()> {
+    let out = Command::new("ip").args(args).output().context("running `ip` (install iproute2)")?;
+    if !out.status.success() {
+        bail!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
+}
+
+impl NetnsBackend {
+    /// Checks that namespaces can be made here (root, `ip netns`); the error says what is missing.
+    pub fn available() -> anyhow::Result<()> {
+        let probe = format!("ihc-probe-{}", std::process::id());
+        ip(&["netns", "add", &probe])
+            .context("the netns backend needs root (or CAP_NET_ADMIN) and `ip netns`")?;
+        ip(&["netns", "del", &probe])
+    }
+
+    /// Creates the bridge, namespaces and veths for `n` nodes; nothing is started yet. Everything
+    /// made here is removed by [`Backend::shutdown`] (also on drop).
+    pub fn new(bin: &Path, out: &Path, n: u64) -> anyhow::Result<NetnsBackend> {
+        Self::available()?;
+        let run = format!("{:04x}", rand::random::<u16>());
+        let subnet = 1 + rand::random::<u8>() % 250;
+        let data = tempfile::Builder::new()
+            .prefix("ironhub-chaos-")
+            .tempdir_in("/tmp")
+            .context("creating the data dir under /tmp")?;
+        let nodes = (1..=n)
+            .map(|id| NodeSpec {
+                id,
+                ip: format!("10.213.{subnet}.{id}"),
+                mqtt: MQTT_PORT,
+                api: MQTT_PORT + 1,
+                cluster: MQTT_PORT + 2,
+                data_dir: data.path().join(format!("n{id}")),
+                log: out.join("logs").join(format!("node-{id}.log")),
+                wrapper: vec!["ip".into(), "netns".into(), "exec".into(), format!("ihc{run}-n{id}")],
+            })
+            .collect();
+        let spec = ClusterSpec {
+            bin: bin.to_path_buf(),
+            token: format!("chaos-admin-{:016x}", rand::random::<u64>()),
+            secret: format!("chaos-secret-{:016x}", rand::random::<u64>()),
+            nodes,
+        };
+        let procs = ProcessBackend::with_spec(spec, Some(data))?;
+        let mut b = NetnsBackend { procs, run, subnet, n, cuts: Vec::new(), set_up: true };
+        if let Err(e) = b.set_up_network() {
+            b.shutdown();
+            return Err(e);
+        }
+        Ok(b)
+    }
+
+    fn bridge(&self) -> String {
+        format!("ihc{}", self.run)
+    }
+
+    fn ns(&self, id: NodeId) -> String {
+        format!("ihc{}-n{id}", self.run)
+    }
+
+    fn addr(&self, id: NodeId) -> String {
+        format!("10.213.{}.{id}", self.subnet)
+    }
+
+    fn set_up_network(&mut self) -> anyhow::Result<()> {
+        let br = self.bridge();
+        ip(&["link", "add", &br, "type", "bridge"])?;
+        ip(&["addr", "add", &format!("10.213.{}.254/24", self.subnet), "dev", &br])?;
+        ip(&["link", "set", &br, "up"])?;
+        for id in 1..=self.n {
+            let ns = self.ns(id);
+            let host_end = format!("ihc{}h{id}", self.run);
+            let node_end = format!("ihc{}v{id}", self.run);
+            ip(&["netns", "add", &ns])?;
+            ip(&["link", "add", &host_end, "type", "veth", "peer", "name", &node_end])?;
+            ip(&["link", "set", &node_end, "netns", &ns])?;
+            ip(&["link", "set", &host_end, "master", &br])?;
+            ip(&["link", "set", &host_end, "up"])?;
+            ip(&["-n", &ns, "addr", "add", &format!("{}/24", self.addr(id)), "dev", &node_end])?;
+            ip(&["-n", &ns, "link", "set", &node_end, "up"])?;
+            ip(&["-n", &ns, "link", "set", "lo", "up"])?;
+        }
+        Ok(())
+    }
+}
+
+impl Backend for NetnsBackend {
+    fn name(&self) -> &'static str {
+        "netns"
+    }
+    fn nodes(&self) -> Vec<NodeEndpoints> {
+        self.procs.nodes()
+    }
+    fn admin_token(&self) -> String {
+        self.procs.admin_token()
+    }
+    fn supports(&self, _kind: FaultKind) -> Result<(), String> {
+        Ok(())
+    }
+    fn start(&mut self, id: NodeId) -> anyhow::Result<()> {
+        self.procs.start(id)
+    }
+    fn kill(&mut self, id: NodeId) -> anyhow::Result<()> {
+        self.procs.kill(id)
+    }
+    fn stop(&mut self, id: NodeId, timeout: Duration) -> anyhow::Result<bool> {
+        self.procs.stop(id, timeout)
+    }
+    fn pause(&mut self, id: NodeId) -> anyhow::Result<()> {
+        self.procs.pause(id)
+    }
+    fn resume(&mut self, id: NodeId) -> anyhow::Result<()> {
+        self.procs.resume(id)
+    }
+    fn cut(&mut self, cuts: &[Cut]) -> anyhow::Result<()> {
+        for c in cuts {
+            if self.cuts.contains(c) {
+                continue;
+            }
+            ip(&["-n", &self.ns(c.from), "route", "add", "blackhole", &format!("{}/32", self.addr(c.to))])?;
+            self.cuts.push(*c);
+        }
+        Ok(())
+    }
+    fn heal_network(&mut self) -> anyhow::Result<()> {
+        let mut first_err = None;
+        for c in std::mem::take(&mut self.cuts) {
+            let r = ip(&[
+                "-n",
+                &self.ns(c.from),
+                "route",
+                "del",
+                "blackhole",
+                &format!("{}/32", self.addr(c.to)),
+            ]);
+            if let Err(e) = r {
+                first_err.get_or_insert(e);
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+    fn is_alive(&mut self, id: NodeId) -> bool {
+        self.procs.is_alive(id)
+    }
+    fn logs(&self) -> Vec<PathBuf> {
+        self.procs.logs()
+    }
+    fn shutdown(&mut self) {
+        self.procs.shutdown();
+        if !self.set_up {
+            return;
+        }
+        self.set_up = false;
+        for id in 1..=self.n {
+            let _ = ip(&["netns", "del", &self.ns(id)]);
+        }
+        let _ = ip(&["link", "del", &self.bridge()]);
+    }
+}
+
+impl Drop for NetnsBackend {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}

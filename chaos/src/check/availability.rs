@@ -1,0 +1,97 @@
+//! Availability: for each fault, the time from its injection to the first write invoked after it
+//! that succeeded (an acknowledged publish or retained write), and to the end of the last write
+//! that did not (failed or unknown) before the next fault: the window in which some writes were
+//! refused. Both are reported, never asserted (timing goals are benchmarks, DESIGN.md); the check
+//! fails only if after some fault no write ever succeeded again.
+
+use super::{CheckResult, Checker};
+use crate::history::{Event, Kind, Op};
+
+/// The availability checker.
+pub struct AvailabilityChecker;
+
+/// Per fault: (step, desc, ms to the first success or None, ms to the end of the last failure).
+pub type FaultAvailability = (usize, String, Option<u64>, u64);
+
+/// Computes the per-fault numbers.
+pub fn per_fault(history: &[Event]) -> Vec<FaultAvailability> {
+    let faults: Vec<(u64, usize, String)> = history
+        .iter()
+        .filter_map(|e| match &e.op {
+            Op::Fault { step, desc, .. } => Some((e.t_ms, *step, desc.clone())),
+            _ => None,
+        })
+        .collect();
+    // (invoke time, completion time, ok?)
+    let writes: Vec<(u64, u64, bool)> = history
+        .iter()
+        .filter(|e| matches!(e.op, Op::Publish { .. } | Op::Write { .. }))
+        .filter(|e| matches!(e.kind, Kind::Ok | Kind::Fail | Kind::Unknown))
+        .map(|e| (e.t_ms.saturating_sub(e.latency_ms.unwrap_or(0)), e.t_ms, e.kind == Kind::Ok))
+        .collect();
+    let mut out = Vec::new();
+    for (i, (t, step, desc)) in faults.iter().enumerate() {
+        let until = faults.get(i + 1).map_or(u64::MAX, |f| f.0);
+        let first_ok = writes.iter().filter(|w| w.2 && w.0 >= *t).map(|w| w.1 - t).min();
+        let last_bad =
+            writes.iter().filter(|w| !w.2 && w.1 >= *t && w.0 < until).map(|w| w.1 - t).max().unwrap_or(0);
+        out.push((*step, desc.clone(), first_ok, last_bad));
+    }
+    out
+}
+
+impl Checker for AvailabilityChecker {
+    fn name(&self) -> &'static str {
+        "availability"
+    }
+
+    fn check(&self, history: &[Event]) -> CheckResult {
+        let mut r = CheckResult::new(self.name());
+        let rows = per_fault(history);
+        let mut worst_first = 0;
+        let mut worst_window = 0;
+        let mut over_3s = 0;
+        for (step, desc, first, window) in &rows {
+            match first {
+                Some(ms) => {
+                    worst_first = worst_first.max(*ms);
+                    r.detail(format!(
+                        "step {}: {desc}: first write ok after {ms} ms, writes refused for {window} ms",
+                        step + 1
+                    ));
+                }
+                None => r.fail(format!("step {}: {desc}: no write succeeded after it", step + 1)),
+            }
+            worst_window = worst_window.max(*window);
+            if *window > 3000 {
+                over_3s += 1;
+            }
+        }
+        r.count("faults", rows.len() as u64);
+        r.count("max_ms_to_first_ok_write", worst_first);
+        r.count("max_ms_writes_refused", worst_window);
+        r.count("faults_refusing_writes_over_3s", over_3s);
+        r
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::check::testing::*;
+    use crate::check::Verdict;
+
+    #[test]
+    fn measures_first_success_and_refusal_window() {
+        let mut h =
+            vec![ev(100, "nemesis", Kind::Info, Op::Fault { step: 0, desc: "kill".into(), nodes: vec![1] })];
+        h.extend(publish(90, 0, 1, Kind::Unknown)); // invoked before, ends at 95: not after the fault
+        h.extend(publish(200, 0, 2, Kind::Unknown)); // ends at 205
+        h.extend(publish(1200, 0, 3, Kind::Ok)); // ends at 1205
+        let rows = per_fault(&h);
+        assert_eq!(rows, vec![(0, "kill".to_string(), Some(1105), 105)]);
+        assert_eq!(AvailabilityChecker.check(&h).verdict, Verdict::Pass);
+        h.truncate(3);
+        assert_eq!(AvailabilityChecker.check(&h).verdict, Verdict::Fail);
+    }
+}

@@ -1,0 +1,312 @@
+//! The nemesis: runs the schedule against the backend and, after every step, waits until the
+//! cluster is fully led again (the liveness probe).
+//!
+//! Each step: resolve the target (a node id, the current leader of a group from
+//! `/api/v1/cluster`, or a node drawn from the run's seeded generator), inject, hold, heal, then
+//! probe liveness and record [`Op::Recovered`]; then stay quiet for the step's gap. On the stop
+//! signal (duration reached, Ctrl-C) the fault in progress is healed before returning. A cluster
+//! that does not recover ends the schedule early (the liveness checker fails the run).
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use crate::api::Api;
+use crate::backend::{Backend, Cut, NodeEndpoints, NodeId};
+use crate::history::{Kind, Op, Recorder};
+use crate::schedule::{FaultKind, Step, Target};
+use crate::workload::Stop;
+
+/// The backend, shared between the run (start, shutdown) and the nemesis.
+pub type SharedBackend = Arc<Mutex<Box<dyn Backend>>>;
+
+/// Step index used for the final liveness check.
+pub const FINAL: usize = usize::MAX;
+
+/// Runs a blocking backend call off the async workers.
+pub async fn with_backend<R: Send + 'static>(
+    b: &SharedBackend,
+    f: impl FnOnce(&mut dyn Backend) -> R + Send + 'static,
+) -> R {
+    let b = b.clone();
+    let joined = tokio::task::spawn_blocking(move || {
+        let mut g = b.lock().unwrap_or_else(|p| p.into_inner());
+        f(g.as_mut())
+    })
+    .await;
+    match joined {
+        Ok(r) => r,
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
+}
+
+/// Liveness: every node of `up` answers `/healthz` 200 and sees a leader, itself in `up`, for every
+/// group. Returns the first problem found.
+pub async fn probe(api: &Api, nodes: &[NodeEndpoints], up: &[NodeId]) -> Result<(), String> {
+    for n in nodes.iter().filter(|n| up.contains(&n.id)) {
+        if !api.healthy(&n.api).await {
+            return Err(format!("node {}: /healthz is not 200", n.id));
+        }
+        let view = api.cluster(&n.api).await.map_err(|e| format!("node {}: {e:#}", n.id))?;
+        if !view.healthy {
+            return Err(format!("node {}: reports itself unhealthy", n.id));
+        }
+        if view.groups.is_empty() {
+            return Err(format!("node {}: no raft groups", n.id));
+        }
+        for g in &view.groups {
+            match g.leader {
+                None => return Err(format!("node {}: group {} has no leader", n.id, g.group)),
+                Some(l) if !up.contains(&l) => {
+                    return Err(format!(
+                        "node {}: group {} still led by node {l}, which is down",
+                        n.id, g.group
+                    ))
+                }
+                Some(_) => {}
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Probes until liveness holds or `timeout` passes; returns (ms taken, recovered, last problem).
+pub async fn wait_live(
+    api: &Api,
+    nodes: &[NodeEndpoints],
+    up: &[NodeId],
+    timeout: Duration,
+) -> (u64, bool, String) {
+    let t0 = Instant::now();
+    let mut last;
+    loop {
+        match probe(api, nodes, up).await {
+            Ok(()) => return (t0.elapsed().as_millis() as u64, true, String::new()),
+            Err(e) => last = e,
+        }
+        if t0.elapsed() >= timeout {
+            return (t0.elapsed().as_millis() as u64, false, last);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The nemesis of one run.
+pub struct Nemesis {
+    /// The cluster.
+    pub backend: SharedBackend,
+    /// Its nodes.
+    pub nodes: Vec<NodeEndpoints>,
+    /// API client.
+    pub api: Api,
+    /// The history.
+    pub rec: Recorder,
+    /// Seeded generator for random targets.
+    pub rng: StdRng,
+    /// How long a step may take to recover.
+    pub recovery_timeout: Duration,
+}
+
+/// A fault in progress, so it can be healed whatever happens.
+enum Active {
+    Down(NodeId),
+    Paused(NodeId),
+    Cut,
+}
+
+impl Nemesis {
+    /// A nemesis whose random targets come from `seed`.
+    pub fn new(
+        backend: SharedBackend,
+        nodes: Vec<NodeEndpoints>,
+        api: Api,
+        rec: Recorder,
+        seed: u64,
+        recovery_timeout: Duration,
+    ) -> Nemesis {
+        Nemesis {
+            backend,
+            nodes,
+            api,
+            rec,
+            rng: StdRng::seed_from_u64(seed ^ 0x6e656d65736973),
+            recovery_timeout,
+        }
+    }
+
+    fn ids(&self) -> Vec<NodeId> {
+        self.nodes.iter().map(|n| n.id).collect()
+    }
+
+    async fn resolve(&mut self, t: Target) -> (NodeId, String) {
+        let ids = self.ids();
+        match t {
+            Target::Node(n) if ids.contains(&n) => (n, format!("node {n}")),
+            Target::Node(n) => {
+                let pick = ids[self.rng.random_range(0..ids.len())];
+                (pick, format!("node {pick} (node {n} does not exist)"))
+            }
+            Target::Random => {
+                let pick = ids[self.rng.random_range(0..ids.len())];
+                (pick, format!("node {pick}"))
+            }
+            Target::Leader(g) => {
+                for n in &self.nodes {
+                    if let Ok(v) = self.api.cluster(&n.api).await {
+                        if let Some(l) = v.groups.iter().find(|x| x.group == g).and_then(|x| x.leader) {
+                            return (l, format!("node {l} (leader of group {g})"));
+                        }
+                    }
+                }
+                let pick = ids[self.rng.random_range(0..ids.len())];
+                (pick, format!("node {pick} (group {g} had no known leader)"))
+            }
+        }
+    }
+
+    /// Runs the steps until done, the deadline passes, or `stop`. Returns whether every step recovered.
+    pub async fn run(&mut self, steps: &[Step], deadline: Instant, stop: &Stop) -> anyhow::Result<bool> {
+        for (i, step) in steps.iter().enumerate() {
+            if stop.is_stopped() || Instant::now() >= deadline {
+                break;
+            }
+            let supported = {
+                let kind = step.fault;
+                with_backend(&self.backend, move |b| b.supports(kind)).await
+            };
+            if let Err(reason) = supported {
+                eprintln!("ironhub-chaos: step {}: {} skipped: {reason}", i + 1, step.fault);
+                self.rec.record("nemesis", Kind::Info, Op::Skipped { step: i, reason });
+                continue;
+            }
+            let up_after = self.ids();
+            if step.fault == FaultKind::RollingRestart {
+                if !self.rolling_restart(i, stop).await? {
+                    return Ok(false);
+                }
+            } else {
+                let (n, who) = self.resolve(step.target).await;
+                let active = self.inject(i, step.fault, n, &who).await?;
+                eprintln!("ironhub-chaos: step {}: {} {who} for {}s", i + 1, step.fault, step.hold_s);
+                stop.sleep(Duration::from_secs_f64(step.hold_s)).await;
+                self.heal(i, active).await?;
+            }
+            let (ms, ok, detail) = wait_live(&self.api, &self.nodes, &up_after, self.recovery_timeout).await;
+            self.rec.record(
+                "nemesis",
+                if ok { Kind::Ok } else { Kind::Fail },
+                Op::Recovered { step: i, ms, recovered: ok, detail: detail.clone() },
+            );
+            if !ok {
+                eprintln!(
+                    "ironhub-chaos: step {}: the cluster did not recover in {:?}: {detail}",
+                    i + 1,
+                    self.recovery_timeout
+                );
+                return Ok(false);
+            }
+            eprintln!("ironhub-chaos: step {}: every group led again after {ms} ms", i + 1);
+            if stop.sleep(Duration::from_secs_f64(step.gap_s)).await {
+                break;
+            }
+        }
+        Ok(true)
+    }
+
+    async fn inject(&mut self, i: usize, kind: FaultKind, n: NodeId, who: &str) -> anyhow::Result<Active> {
+        let others: Vec<NodeId> = self.ids().into_iter().filter(|x| *x != n).collect();
+        let (desc, nodes, active) = match kind {
+            FaultKind::Kill => {
+                with_backend(&self.backend, move |b| b.kill(n)).await?;
+                (format!("kill -9 {who}"), vec![n], Active::Down(n))
+            }
+            FaultKind::Restart => {
+                let clean = with_backend(&self.backend, move |b| b.stop(n, Duration::from_secs(15))).await?;
+                let how = if clean { "exited" } else { "did not exit in 15 s, killed" };
+                (format!("SIGTERM {who} ({how})"), vec![n], Active::Down(n))
+            }
+            FaultKind::Pause => {
+                with_backend(&self.backend, move |b| b.pause(n)).await?;
+                (format!("SIGSTOP {who}"), vec![n], Active::Paused(n))
+            }
+            FaultKind::Partition => {
+                let cuts: Vec<Cut> =
+                    others.iter().flat_map(|&o| [Cut { from: n, to: o }, Cut { from: o, to: n }]).collect();
+                with_backend(&self.backend, move |b| b.cut(&cuts)).await?;
+                (format!("partition {who} | {others:?}"), vec![n], Active::Cut)
+            }
+            FaultKind::OneWay => {
+                let cuts: Vec<Cut> = others.iter().map(|&o| Cut { from: n, to: o }).collect();
+                with_backend(&self.backend, move |b| b.cut(&cuts)).await?;
+                (format!("one-way: {who} cannot send to {others:?}"), vec![n], Active::Cut)
+            }
+            FaultKind::Bridge => {
+                let cuts: Vec<Cut> = match others.as_slice() {
+                    [a, b, ..] => vec![Cut { from: *a, to: *b }, Cut { from: *b, to: *a }],
+                    _ => Vec::new(),
+                };
+                with_backend(&self.backend, move |b| b.cut(&cuts)).await?;
+                (format!("bridge: {who} is the only link between {others:?}"), others.clone(), Active::Cut)
+            }
+            FaultKind::RollingRestart => unreachable!("handled by rolling_restart"),
+        };
+        self.rec.record("nemesis", Kind::Info, Op::Fault { step: i, desc, nodes });
+        Ok(active)
+    }
+
+    async fn heal(&mut self, i: usize, active: Active) -> anyhow::Result<()> {
+        let desc = match active {
+            Active::Down(n) => {
+                with_backend(&self.backend, move |b| b.start(n))
+                    .await
+                    .with_context(|| format!("restarting node {n}"))?;
+                format!("started node {n}")
+            }
+            Active::Paused(n) => {
+                with_backend(&self.backend, move |b| b.resume(n)).await?;
+                format!("SIGCONT node {n}")
+            }
+            Active::Cut => {
+                with_backend(&self.backend, |b| b.heal_network()).await?;
+                "network healed".to_string()
+            }
+        };
+        self.rec.record("nemesis", Kind::Info, Op::Heal { step: i, desc });
+        Ok(())
+    }
+
+    async fn rolling_restart(&mut self, i: usize, stop: &Stop) -> anyhow::Result<bool> {
+        let ids = self.ids();
+        self.rec.record(
+            "nemesis",
+            Kind::Info,
+            Op::Fault {
+                step: i,
+                desc: "rolling restart (SIGTERM, start, wait until led, next)".into(),
+                nodes: ids.clone(),
+            },
+        );
+        eprintln!("ironhub-chaos: step {}: rolling restart", i + 1);
+        for n in ids.clone() {
+            if stop.is_stopped() {
+                break;
+            }
+            with_backend(&self.backend, move |b| b.stop(n, Duration::from_secs(15))).await?;
+            with_backend(&self.backend, move |b| b.start(n)).await?;
+            let (_, ok, detail) = wait_live(&self.api, &self.nodes, &ids, self.recovery_timeout).await;
+            if !ok {
+                self.rec.record(
+                    "nemesis",
+                    Kind::Fail,
+                    Op::Recovered { step: i, ms: 0, recovered: false, detail },
+                );
+                return Ok(false);
+            }
+        }
+        self.rec.record("nemesis", Kind::Info, Op::Heal { step: i, desc: "every node restarted".into() });
+        Ok(true)
+    }
+}

@@ -1,0 +1,484 @@
+//! The QoS 1/2 queue workload over MQTT 3.1.1 (rumqttc).
+//!
+//! - Subscribers `chaos-sub-<j>` connect with clean session 0 and subscribe once to `chaos/q/+`.
+//!   After their first SUBACK they never subscribe again: on every reconnect (to the next node) the
+//!   broker must resume the session, its subscription and its queue (CONNACK session present). Only
+//!   if the session is gone do they subscribe again, and the checker reports it. Subscribers with
+//!   `j ≥ 1` also roam: every `roam` they disconnect and reconnect to the next node.
+//! - Publishers `chaos-pub-<i>` publish the payload `<seq>` (1, 2, ...) to `chaos/q/pub-<i>`, one
+//!   message in flight at a time, so every PUBACK/PUBCOMP belongs to exactly one seq. No ack within
+//!   [`ACK_TIMEOUT`] or a broken connection makes the publish `unknown` and the publisher moves to
+//!   the next node with the next seq.
+//! - Flow control: a publisher waits while some subscriber is `window` (< 150, the broker's queue
+//!   limit) or more messages behind, counting acked and unknown publishes. So a subscriber that is
+//!   away for a while never overflows its queue: a drop would be the broker's doing, and the drop
+//!   metric tells.
+//! - Publishers start after every subscriber's first SUBACK; at the end publishers stop first and
+//!   subscribers drain until they hold every acknowledged message or the drain timeout passes.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Outgoing, Packet, QoS};
+
+use crate::backend::NodeEndpoints;
+use crate::history::{Kind, Op, Recorder};
+use crate::workload::Stop;
+
+/// How long a publisher waits for PUBACK/PUBCOMP before it calls the publish unknown.
+pub const ACK_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a client waits for CONNACK or SUBACK.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// MQTT keep-alive of every client (a paused node is noticed within about twice this).
+const KEEP_ALIVE: Duration = Duration::from_secs(3);
+
+/// The filter every subscriber subscribes to.
+pub const FILTER: &str = "chaos/q/+";
+
+/// The queue workload's settings.
+#[derive(Debug, Clone)]
+pub struct QueueConfig {
+    /// Publishers.
+    pub publishers: usize,
+    /// Subscribers.
+    pub subscribers: usize,
+    /// Messages/s per publisher.
+    pub rate: u32,
+    /// QoS 1 or 2.
+    pub qos: u8,
+    /// Max messages a subscriber may be behind before publishers wait.
+    pub window: u64,
+    /// Roaming subscribers reconnect to the next node this often.
+    pub roam: Duration,
+}
+
+/// What publishers and subscribers share: the acknowledged (or unknown) publishes and what each
+/// subscriber holds, for flow control and the drain.
+pub struct Progress {
+    sent: Mutex<HashSet<(usize, u64)>>,
+    acked: Mutex<HashSet<(usize, u64)>>,
+    held: Vec<Mutex<HashSet<(usize, u64)>>>,
+    subscribed: Vec<Mutex<bool>>,
+}
+
+impl Progress {
+    /// For `subscribers` subscribers.
+    pub fn new(subscribers: usize) -> Arc<Progress> {
+        Arc::new(Progress {
+            sent: Mutex::new(HashSet::new()),
+            acked: Mutex::new(HashSet::new()),
+            held: (0..subscribers).map(|_| Mutex::new(HashSet::new())).collect(),
+            subscribed: (0..subscribers).map(|_| Mutex::new(false)).collect(),
+        })
+    }
+
+    fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+        m.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The largest number of sent messages some subscriber does not hold yet.
+    pub fn max_behind(&self) -> u64 {
+        // Subscribers only hold what was sent (sent is recorded before the PUBLISH leaves).
+        let sent = Self::lock(&self.sent).len() as u64;
+        self.held.iter().map(|h| sent.saturating_sub(Self::lock(h).len() as u64)).max().unwrap_or(0)
+    }
+
+    /// Whether every subscriber holds every acknowledged message.
+    pub fn drained(&self) -> bool {
+        let acked = Self::lock(&self.acked);
+        self.held.iter().all(|h| acked.is_subset(&Self::lock(h)))
+    }
+
+    /// Whether every subscriber got its first SUBACK.
+    pub fn all_subscribed(&self) -> bool {
+        self.subscribed.iter().all(|s| *Self::lock(s))
+    }
+}
+
+fn qos_of(q: u8) -> QoS {
+    if q >= 2 {
+        QoS::ExactlyOnce
+    } else {
+        QoS::AtLeastOnce
+    }
+}
+
+fn client(id: &str, node: &NodeEndpoints, clean: bool) -> (AsyncClient, EventLoop) {
+    let mut o = MqttOptions::new(id, node.mqtt_host.clone(), node.mqtt_port);
+    o.set_keep_alive(KEEP_ALIVE)
+        .set_clean_session(clean)
+        .set_inflight(10)
+        .set_max_packet_size(64 * 1024, 64 * 1024);
+    let (c, mut e) = AsyncClient::new(o, 16);
+    e.network_options.set_connection_timeout(CONNECT_TIMEOUT.as_secs());
+    (c, e)
+}
+
+/// Polls until CONNACK; returns session-present, or why not.
+async fn connack(e: &mut EventLoop) -> Result<bool, String> {
+    let deadline = Instant::now() + CONNECT_TIMEOUT;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, e.poll()).await {
+            Err(_) => return Err("no CONNACK in time".into()),
+            Ok(Err(err)) => return Err(err.to_string()),
+            Ok(Ok(Event::Incoming(Packet::ConnAck(ack)))) => return Ok(ack.session_present),
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+/// One publisher, until stopped.
+pub async fn publisher(
+    i: usize,
+    cfg: QueueConfig,
+    nodes: Vec<NodeEndpoints>,
+    progress: Arc<Progress>,
+    rec: Recorder,
+    stop: Stop,
+) {
+    let process = format!("pub-{i}");
+    let topic = format!("chaos/q/{process}");
+    let period = Duration::from_secs_f64(1.0 / f64::from(cfg.rate.max(1)));
+    let mut cur = i;
+    let mut seq: u64 = 0;
+    'connect: while !stop.is_stopped() {
+        let node = &nodes[cur % nodes.len()];
+        let (c, mut e) = client(&format!("chaos-{process}"), node, true);
+        let op = Op::Connect { node: node.id, clean: true, session_present: false };
+        match connack(&mut e).await {
+            Ok(sp) => rec.record(
+                &process,
+                Kind::Ok,
+                Op::Connect { node: node.id, clean: true, session_present: sp },
+            ),
+            Err(why) => {
+                rec.record(&process, Kind::Fail, op);
+                rec.record(&process, Kind::Info, Op::Disconnect { node: node.id, reason: why });
+                cur += 1;
+                stop.sleep(Duration::from_millis(300)).await;
+                continue;
+            }
+        }
+        let mut next = Instant::now();
+        while !stop.is_stopped() {
+            // Pace, then wait for the slowest subscriber (the broker's queue limit is 150).
+            let now = Instant::now();
+            if next > now && stop.sleep(next - now).await {
+                break 'connect;
+            }
+            next = next.max(Instant::now()) + period;
+            while progress.max_behind() >= cfg.window {
+                if stop.sleep(Duration::from_millis(20)).await {
+                    break 'connect;
+                }
+            }
+            seq += 1;
+            let op = Op::Publish { topic: topic.clone(), seq, qos: cfg.qos };
+            rec.record(&process, Kind::Invoke, op.clone());
+            let t0 = Instant::now();
+            Progress::lock(&progress.sent).insert((i, seq));
+            if c.publish(&topic, qos_of(cfg.qos), false, seq.to_string()).await.is_err() {
+                rec.record(&process, Kind::Unknown, op);
+                cur += 1;
+                continue 'connect;
+            }
+            match wait_ack(&mut e, cfg.qos).await {
+                Ok(()) => {
+                    Progress::lock(&progress.acked).insert((i, seq));
+                    rec.record_with_latency(&process, Kind::Ok, op, Some(t0.elapsed().as_millis() as u64));
+                }
+                Err(why) => {
+                    rec.record_with_latency(
+                        &process,
+                        Kind::Unknown,
+                        op,
+                        Some(t0.elapsed().as_millis() as u64),
+                    );
+                    rec.record(&process, Kind::Info, Op::Disconnect { node: node.id, reason: why });
+                    cur += 1;
+                    stop.sleep(Duration::from_millis(100)).await;
+                    continue 'connect;
+                }
+            }
+        }
+        let _ = tokio::time::timeout(Duration::from_millis(300), async {
+            let _ = c.disconnect().await;
+            let _ = e.poll().await;
+        })
+        .await;
+    }
+}
+
+/// Polls until the one publish in flight completes (PUBACK for QoS 1, PUBCOMP for QoS 2).
+async fn wait_ack(e: &mut EventLoop, qos: u8) -> Result<(), String> {
+    let deadline = Instant::now() + ACK_TIMEOUT;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, e.poll()).await {
+            Err(_) => return Err("no ack in time".into()),
+            Ok(Err(err)) => return Err(err.to_string()),
+            Ok(Ok(Event::Incoming(Packet::PubAck(_)))) if qos < 2 => return Ok(()),
+            Ok(Ok(Event::Incoming(Packet::PubComp(_)))) if qos >= 2 => return Ok(()),
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+/// One persistent subscriber, until `drain_stop`.
+pub async fn subscriber(
+    j: usize,
+    cfg: QueueConfig,
+    nodes: Vec<NodeEndpoints>,
+    progress: Arc<Progress>,
+    rec: Recorder,
+    drain_stop: Stop,
+) {
+    let process = format!("sub-{j}");
+    let roams = j >= 1;
+    let mut cur = j;
+    let mut subscribed = false;
+    while !drain_stop.is_stopped() {
+        let node = nodes[cur % nodes.len()].clone();
+        let (c, mut e) = client(&format!("chaos-{process}"), &node, false);
+        let sp = match connack(&mut e).await {
+            Ok(sp) => {
+                rec.record(
+                    &process,
+                    Kind::Ok,
+                    Op::Connect { node: node.id, clean: false, session_present: sp },
+                );
+                sp
+            }
+            Err(why) => {
+                rec.record(
+                    &process,
+                    Kind::Fail,
+                    Op::Connect { node: node.id, clean: false, session_present: false },
+                );
+                rec.record(&process, Kind::Info, Op::Disconnect { node: node.id, reason: why });
+                cur += 1;
+                drain_stop.sleep(Duration::from_millis(300)).await;
+                continue;
+            }
+        };
+        // Subscribe the first time, and again only if the broker lost the session (a finding).
+        if !subscribed || !sp {
+            let op = Op::Subscribe { filter: FILTER.into(), node: node.id };
+            rec.record(&process, Kind::Invoke, op.clone());
+            if c.subscribe(FILTER, qos_of(cfg.qos)).await.is_err() || !wait_suback(&mut e, &progress, j).await
+            {
+                rec.record(&process, Kind::Unknown, op);
+                cur += 1;
+                continue;
+            }
+            rec.record(&process, Kind::Ok, op);
+            subscribed = true;
+        }
+        let connected_at = Instant::now();
+        let reason = loop {
+            if roams && connected_at.elapsed() >= cfg.roam {
+                let _ = c.disconnect().await;
+                // Let the DISCONNECT go out, then move on.
+                let _ = tokio::time::timeout(Duration::from_millis(300), e.poll()).await;
+                break "roaming to the next node".to_string();
+            }
+            let ev = tokio::select! {
+                ev = tokio::time::timeout(Duration::from_millis(500), e.poll()) => ev,
+                _ = drain_stop.stopped() => break "stopped".to_string(),
+            };
+            match ev {
+                Err(_) => {}
+                Ok(Err(err)) => break err.to_string(),
+                Ok(Ok(Event::Incoming(Packet::Publish(p)))) => {
+                    let Some(publisher) = p.topic.strip_prefix("chaos/q/") else { continue };
+                    let Some(seq) = std::str::from_utf8(&p.payload).ok().and_then(|s| s.parse::<u64>().ok())
+                    else {
+                        continue;
+                    };
+                    rec.record(
+                        &process,
+                        Kind::Info,
+                        Op::Deliver { publisher: publisher.to_string(), seq, dup: p.dup, qos: p.qos as u8 },
+                    );
+                    if let Some(i) = publisher.strip_prefix("pub-").and_then(|s| s.parse::<usize>().ok()) {
+                        Progress::lock(&progress.held[j]).insert((i, seq));
+                    }
+                }
+                Ok(Ok(_)) => {}
+            }
+        };
+        rec.record(&process, Kind::Info, Op::Disconnect { node: node.id, reason: reason.clone() });
+        if reason == "stopped" {
+            let _ = tokio::time::timeout(Duration::from_millis(300), async {
+                let _ = c.disconnect().await;
+                let _ = e.poll().await;
+            })
+            .await;
+            break;
+        }
+        cur += 1;
+        if !reason.starts_with("roaming") {
+            drain_stop.sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+async fn wait_suback(e: &mut EventLoop, progress: &Progress, j: usize) -> bool {
+    let deadline = Instant::now() + CONNECT_TIMEOUT;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, e.poll()).await {
+            Ok(Ok(Event::Incoming(Packet::SubAck(ack)))) => {
+                let granted =
+                    ack.return_codes.iter().all(|c| !matches!(c, rumqttc::SubscribeReasonCode::Failure));
+                if granted {
+                    *Progress::lock(&progress.subscribed[j]) = true;
+                }
+                return granted;
+            }
+            Ok(Ok(Event::Outgoing(Outgoing::Subscribe(_)))) | Ok(Ok(_)) => {}
+            _ => return false,
+        }
+    }
+}
+
+/// The workload against a real broker (mosquitto, which `make deps` installs): the clients, the
+/// flow control and the checkers together, and a broker restart that loses sessions is caught.
+#[cfg(test)]
+mod mosquitto_tests {
+    use super::*;
+    use crate::check::queue::QueueChecker;
+    use crate::check::session::SessionChecker;
+    use crate::check::{Checker, Verdict};
+
+    struct Mosquitto(std::process::Child);
+    impl Drop for Mosquitto {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    fn start_mosquitto(port: u16) -> Mosquitto {
+        let child = std::process::Command::new("mosquitto")
+            .args(["-p", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("mosquitto must be installed for this test (make deps installs it)");
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Mosquitto(child)
+    }
+
+    fn endpoints(port: u16) -> Vec<NodeEndpoints> {
+        // Two "nodes" on one broker: clients still move between endpoints on every reconnect.
+        (1..=2)
+            .map(|id| NodeEndpoints {
+                id,
+                api: String::new(),
+                mqtt_host: "127.0.0.1".into(),
+                mqtt_port: port,
+            })
+            .collect()
+    }
+
+    async fn run_workload(
+        port: u16,
+        secs: u64,
+        mid: impl FnOnce() + Send + 'static,
+    ) -> Vec<crate::history::Event> {
+        let cfg = QueueConfig {
+            publishers: 2,
+            subscribers: 2,
+            rate: 40,
+            qos: 1,
+            window: 100,
+            roam: Duration::from_secs(1),
+        };
+        let rec = Recorder::new();
+        let progress = Progress::new(cfg.subscribers);
+        let (write_stop, drain_stop) = (Stop::new(), Stop::new());
+        let nodes = endpoints(port);
+        let mut subs = tokio::task::JoinSet::new();
+        for j in 0..cfg.subscribers {
+            subs.spawn(subscriber(
+                j,
+                cfg.clone(),
+                nodes.clone(),
+                progress.clone(),
+                rec.clone(),
+                drain_stop.clone(),
+            ));
+        }
+        while !progress.all_subscribed() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let mut pubs = tokio::task::JoinSet::new();
+        for i in 0..cfg.publishers {
+            pubs.spawn(publisher(
+                i,
+                cfg.clone(),
+                nodes.clone(),
+                progress.clone(),
+                rec.clone(),
+                write_stop.clone(),
+            ));
+        }
+        tokio::time::sleep(Duration::from_secs(secs / 2)).await;
+        tokio::task::spawn_blocking(mid).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(secs - secs / 2)).await;
+        write_stop.stop();
+        while pubs.join_next().await.is_some() {}
+        let t0 = Instant::now();
+        while !progress.drained() && t0.elapsed() < Duration::from_secs(10) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        drain_stop.stop();
+        while subs.join_next().await.is_some() {}
+        rec.snapshot()
+    }
+
+    /// A free port in the tool's range; `k` keeps concurrent tests of this process apart.
+    fn free_port(k: u16) -> u16 {
+        crate::backend::process::free_port_block("127.0.0.1").unwrap() + k
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn roaming_persistent_subscribers_get_every_acked_message() {
+        let port = free_port(7);
+        let _m = start_mosquitto(port);
+        let h = run_workload(port, 4, || {}).await;
+        let q = QueueChecker { qos: 1 }.check(&h);
+        assert_eq!(q.verdict, Verdict::Pass, "{q:?}");
+        assert!(q.get("acked") > 100, "{q:?}");
+        let s = SessionChecker.check(&h);
+        assert_eq!(s.verdict, Verdict::Pass, "{s:?}");
+        assert!(s.get("reconnects") >= 2 && s.get("sessions_resumed") == s.get("reconnects"), "{s:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_broker_that_forgets_sessions_on_kill9_is_caught() {
+        // mosquitto without persistence keeps sessions in memory: kill -9 and restart loses them
+        // and the messages queued in them. The checkers must say so.
+        let port = free_port(8);
+        let m = std::sync::Arc::new(std::sync::Mutex::new(Some(start_mosquitto(port))));
+        let m2 = m.clone();
+        let h = run_workload(port, 4, move || {
+            // Hold a subscriber's queue: the kill lands while messages are in flight.
+            drop(m2.lock().unwrap().take());
+            *m2.lock().unwrap() = Some(start_mosquitto(port));
+        })
+        .await;
+        let s = SessionChecker.check(&h);
+        assert_eq!(s.verdict, Verdict::Fail, "{s:?}");
+        assert!(s.get("sessions_lost") >= 1, "{s:?}");
+        drop(m);
+    }
+}
