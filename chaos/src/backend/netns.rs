@@ -1,9 +1,10 @@
 //! Network namespaces: each node in its own namespace with its own address, so the network can be
 //! cut for real.
 //!
-//! Layout (all names carry a per-run id, so concurrent runs do not collide): a bridge `ihc<run>` in
-//! the root namespace with 10.213.X.254/24, and per node a namespace `ihc<run>-n<i>` holding one end
-//! of a veth pair (10.213.X.i/24) whose other end is on the bridge. The tool itself stays in the root
+//! Layout (all names carry a per-run id, so concurrent runs do not collide): a switch namespace
+//! `ihc<run>-sw` holding a bridge; a veth from the root namespace (10.213.X.254/24) to the bridge;
+//! per node a namespace `ihc<run>-n<i>` holding one end of a veth pair (10.213.X.i/24) whose other
+//! end is on the bridge. The tool itself stays in the root
 //! namespace and reaches every node's MQTT and API through the bridge, so clients are never cut off
 //! by a partition (a client on the minority side sees what a device there would see).
 //!
@@ -90,10 +91,6 @@ impl NetnsBackend {
         Ok(b)
     }
 
-    fn bridge(&self) -> String {
-        format!("ihc{}", self.run)
-    }
-
     fn ns(&self, id: NodeId) -> String {
         format!("ihc{}-n{id}", self.run)
     }
@@ -102,20 +99,33 @@ impl NetnsBackend {
         format!("10.213.{}.{id}", self.subnet)
     }
 
+    fn switch(&self) -> String {
+        format!("ihc{}-sw", self.run)
+    }
+
     fn set_up_network(&mut self) -> anyhow::Result<()> {
-        let br = self.bridge();
-        ip(&["link", "add", &br, "type", "bridge"])?;
-        ip(&["addr", "add", &format!("10.213.{}.254/24", self.subnet), "dev", &br])?;
-        ip(&["link", "set", &br, "up"])?;
+        // The bridge lives in its own namespace: there br_netfilter finds no iptables rules (the
+        // root namespace may have docker's FORWARD DROP policy, which would drop bridged traffic).
+        let sw = self.switch();
+        ip(&["netns", "add", &sw])?;
+        ip(&["-n", &sw, "link", "add", "br0", "type", "bridge"])?;
+        ip(&["-n", &sw, "link", "set", "br0", "up"])?;
+        let host = format!("ihc{}h0", self.run);
+        let host_port = format!("ihc{}s0", self.run);
+        ip(&["link", "add", &host, "type", "veth", "peer", "name", &host_port])?;
+        ip(&["link", "set", &host_port, "netns", &sw])?;
+        ip(&["-n", &sw, "link", "set", &host_port, "master", "br0", "up"])?;
+        ip(&["addr", "add", &format!("10.213.{}.254/24", self.subnet), "dev", &host])?;
+        ip(&["link", "set", &host, "up"])?;
         for id in 1..=self.n {
             let ns = self.ns(id);
-            let host_end = format!("ihc{}h{id}", self.run);
+            let port = format!("ihc{}s{id}", self.run);
             let node_end = format!("ihc{}v{id}", self.run);
             ip(&["netns", "add", &ns])?;
-            ip(&["link", "add", &host_end, "type", "veth", "peer", "name", &node_end])?;
+            ip(&["link", "add", &port, "type", "veth", "peer", "name", &node_end])?;
             ip(&["link", "set", &node_end, "netns", &ns])?;
-            ip(&["link", "set", &host_end, "master", &br])?;
-            ip(&["link", "set", &host_end, "up"])?;
+            ip(&["link", "set", &port, "netns", &sw])?;
+            ip(&["-n", &sw, "link", "set", &port, "master", "br0", "up"])?;
             ip(&["-n", &ns, "addr", "add", &format!("{}/24", self.addr(id)), "dev", &node_end])?;
             ip(&["-n", &ns, "link", "set", &node_end, "up"])?;
             ip(&["-n", &ns, "link", "set", "lo", "up"])?;
@@ -191,15 +201,76 @@ impl Backend for NetnsBackend {
             return;
         }
         self.set_up = false;
+        // Deleting a namespace deletes the veths in it, and with them their peers.
         for id in 1..=self.n {
             let _ = ip(&["netns", "del", &self.ns(id)]);
         }
-        let _ = ip(&["link", "del", &self.bridge()]);
+        let _ = ip(&["netns", "del", &self.switch()]);
     }
 }
 
 impl Drop for NetnsBackend {
     fn drop(&mut self) {
         self.shutdown();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whether node `from` can open a TCP connection to `to`'s port (run inside `from`'s namespace).
+    fn reaches(b: &NetnsBackend, from: NodeId, to: NodeId, port: u16) -> bool {
+        let code = format!(
+            "import socket,sys\ns=socket.socket()\ns.settimeout(1)\nsys.exit(0 if s.connect_ex(('{}',{port}))==0 else 1)",
+            b.addr(to)
+        );
+        Command::new("ip")
+            .args(["netns", "exec", &b.ns(from), "python3", "-c", &code])
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
+    }
+
+    #[test]
+    fn cuts_drop_traffic_one_way_and_heal_restores_it() {
+        if let Err(e) = NetnsBackend::available() {
+            eprintln!("skipped: {e:#} (this test needs root and `ip netns`)");
+            return;
+        }
+        let out = tempfile::tempdir().unwrap();
+        let mut b = NetnsBackend::new(Path::new("/bin/true"), out.path(), 2).unwrap();
+        let (ns1, ns2) = (b.ns(1), b.ns(2));
+        // A listener in each namespace.
+        let mut listeners: Vec<std::process::Child> = [(1u64, &ns1), (2, &ns2)]
+            .iter()
+            .map(|(id, ns)| {
+                let code = format!(
+                    "import socket,time\ns=socket.socket()\ns.bind(('{}',23009))\ns.listen(16)\nwhile True:\n  c,_=s.accept()\n  c.close()",
+                    b.addr(*id)
+                );
+                Command::new("ip").args(["netns", "exec", ns, "python3", "-c", &code]).spawn().unwrap()
+            })
+            .collect();
+        struct Reap(Vec<std::process::Child>);
+        impl Drop for Reap {
+            fn drop(&mut self) {
+                for l in &mut self.0 {
+                    let _ = l.kill();
+                    let _ = l.wait();
+                }
+            }
+        }
+        let reap = Reap(std::mem::take(&mut listeners));
+        std::thread::sleep(Duration::from_millis(500));
+        assert!(reaches(&b, 1, 2, 23009) && reaches(&b, 2, 1, 23009));
+        b.cut(&[Cut { from: 1, to: 2 }]).unwrap();
+        assert!(!reaches(&b, 1, 2, 23009), "1 -> 2 must be cut");
+        b.heal_network().unwrap();
+        assert!(reaches(&b, 1, 2, 23009) && reaches(&b, 2, 1, 23009));
+        drop(reap);
+        b.shutdown();
+        let list = Command::new("ip").args(["netns", "list"]).output().unwrap();
+        assert!(!String::from_utf8_lossy(&list.stdout).contains(&ns1), "namespaces must be removed");
     }
 }
