@@ -129,6 +129,16 @@ pub enum Op {
         /// The last problem seen (empty when recovered).
         detail: String,
     },
+    /// Failover during a fault: the nodes not hit saw a leader among themselves for every group.
+    Failover {
+        /// Step index.
+        step: usize,
+        /// Milliseconds from the injection until every group was led among the nodes not hit
+        /// (or the hold time, when that did not happen during the hold).
+        ms: u64,
+        /// Whether it happened while the fault was held.
+        within_hold: bool,
+    },
     /// A `/metrics` sample of `ironhub_queue_dropped_total` (absent metric = 0).
     Dropped {
         /// Node id.

@@ -189,9 +189,30 @@ impl Nemesis {
                 }
             } else {
                 let (n, who) = self.resolve(step.target).await;
+                let t0 = Instant::now();
                 let active = self.inject(i, step.fault, n, &who).await?;
                 eprintln!("ironhub-chaos: step {}: {} {who} for {}s", i + 1, step.fault, step.hold_s);
-                stop.sleep(Duration::from_secs_f64(step.hold_s)).await;
+                let hold = Duration::from_secs_f64(step.hold_s);
+                // While the fault holds: how long until the nodes not hit lead every group among
+                // themselves (guarantee: a dead leader's groups accept writes again within 3 s).
+                let spared: Vec<NodeId> = self.ids().into_iter().filter(|x| *x != n).collect();
+                if step.fault == FaultKind::Bridge {
+                    stop.sleep(hold).await;
+                } else {
+                    let probe = async {
+                        let left = hold.saturating_sub(t0.elapsed());
+                        let (_, ok, _) = wait_live(&self.api, &self.nodes, &spared, left).await;
+                        (t0.elapsed().as_millis() as u64, ok)
+                    };
+                    let ((ms, ok), _) = tokio::join!(probe, stop.sleep(hold));
+                    self.rec.record("nemesis", Kind::Info, Op::Failover { step: i, ms, within_hold: ok });
+                    if ok {
+                        eprintln!(
+                            "ironhub-chaos: step {}: the other nodes led every group after {ms} ms",
+                            i + 1
+                        );
+                    }
+                }
                 self.heal(i, active).await?;
             }
             let (ms, ok, detail) = wait_live(&self.api, &self.nodes, &up_after, self.recovery_timeout).await;

@@ -194,7 +194,7 @@ pub fn write_html(path: &Path, r: &Results, history: &[Event]) -> anyhow::Result
     }
     html.push_str("</table><h2>Timeline</h2><p>Blue: acknowledged writes per second (publishes and retained writes). Orange: slowest acknowledged write in that second. Red shading: a fault from injection to heal. Red ticks: seconds with failed or unknown writes.</p>");
     html.push_str(&svg);
-    html.push_str("<h2>Availability per fault</h2><table border=1 cellpadding=4 style=\"border-collapse:collapse\"><tr><th>step</th><th>fault</th><th>first ok write (ms)</th><th>writes refused (ms)</th></tr>");
+    html.push_str("<h2>Availability per fault</h2><table border=1 cellpadding=4 style=\"border-collapse:collapse\"><tr><th>step</th><th>fault</th><th>first ok write (ms)</th><th>last failed write ended (ms)</th></tr>");
     for (step, desc, first, window) in availability::per_fault(history) {
         let first = first.map_or("never".to_string(), |v| v.to_string());
         let _ = write!(

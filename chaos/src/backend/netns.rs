@@ -71,6 +71,8 @@ impl NetnsBackend {
                 mqtt: MQTT_PORT,
                 api: MQTT_PORT + 1,
                 cluster: MQTT_PORT + 2,
+                ws: MQTT_PORT + 3,
+                coap: MQTT_PORT + 4,
                 data_dir: data.path().join(format!("n{id}")),
                 log: out.join("logs").join(format!("node-{id}.log")),
                 wrapper: vec!["ip".into(), "netns".into(), "exec".into(), format!("ihc{run}-n{id}")],

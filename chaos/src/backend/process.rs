@@ -1,7 +1,7 @@
 //! Local processes: three `ironhub serve` on loopback, owned by this tool.
 //!
-//! Ports come from one free block of ten in 23000–23999 (node i: MQTT `base+3i-3`, API `base+3i-2`,
-//! cluster `base+3i-1`); data dirs live in a temp dir under /tmp that is removed at the end; each
+//! Ports come from one free block of twenty in 23000–23999 (node i uses five from `base+5(i-1)`:
+//! MQTT, API, cluster, WebSocket, CoAP — the last two so no node binds its 0.0.0.0 default); data dirs live in a temp dir under /tmp that is removed at the end; each
 //! node's stdout/stderr is appended to `<out>/logs/node-<id>.log` across restarts and kept.
 //!
 //! Faults: kill -9, graceful restart (SIGTERM), pause (SIGSTOP/SIGCONT), rolling restart. It cannot
@@ -11,6 +11,7 @@
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::net::{TcpListener, UdpSocket};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -36,6 +37,10 @@ pub struct NodeSpec {
     pub api: u16,
     /// Cluster (QUIC) port.
     pub cluster: u16,
+    /// MQTT over WebSocket port.
+    pub ws: u16,
+    /// CoAP port.
+    pub coap: u16,
     /// Data dir.
     pub data_dir: PathBuf,
     /// Log file.
@@ -73,20 +78,23 @@ pub struct ProcessBackend {
     _data: Option<tempfile::TempDir>,
 }
 
-/// Finds a block of ten free ports in [`PORT_RANGE`], starting at a place derived from our pid so
-/// concurrent runs rarely probe the same block. `ip` is where the ports are probed.
+/// Ports in a block.
+pub const BLOCK: u16 = 20;
+
+/// Finds a block of [`BLOCK`] free ports in [`PORT_RANGE`], starting at a place derived from our
+/// pid so concurrent runs rarely probe the same block. `ip` is where the ports are probed.
 pub fn free_port_block(ip: &str) -> anyhow::Result<u16> {
-    let blocks = u32::from(PORT_RANGE.1 - PORT_RANGE.0 + 1) / 10;
+    let blocks = u32::from(PORT_RANGE.1 - PORT_RANGE.0 + 1) / u32::from(BLOCK);
     let first = std::process::id() % blocks;
     for i in 0..blocks {
-        let base = PORT_RANGE.0 + (((first + i) % blocks) * 10) as u16;
-        let ok =
-            (base..base + 10).all(|p| TcpListener::bind((ip, p)).is_ok() && UdpSocket::bind((ip, p)).is_ok());
+        let base = PORT_RANGE.0 + ((first + i) % blocks) as u16 * BLOCK;
+        let ok = (base..base + BLOCK)
+            .all(|p| TcpListener::bind((ip, p)).is_ok() && UdpSocket::bind((ip, p)).is_ok());
         if ok {
             return Ok(base);
         }
     }
-    bail!("no block of 10 free ports in {}–{} on {ip}", PORT_RANGE.0, PORT_RANGE.1)
+    bail!("no block of {BLOCK} free ports in {}–{} on {ip}", PORT_RANGE.0, PORT_RANGE.1)
 }
 
 impl ProcessBackend {
@@ -100,13 +108,15 @@ impl ProcessBackend {
             .context("creating the data dir under /tmp")?;
         let nodes = (1..=n)
             .map(|id| {
-                let o = base + (id as u16 - 1) * 3;
+                let o = base + (id as u16 - 1) * 5;
                 NodeSpec {
                     id,
                     ip: "127.0.0.1".into(),
                     mqtt: o,
                     api: o + 1,
                     cluster: o + 2,
+                    ws: o + 3,
+                    coap: o + 4,
                     data_dir: data.path().join(format!("n{id}")),
                     log: out.join("logs").join(format!("node-{id}.log")),
                     wrapper: Vec::new(),
@@ -232,6 +242,10 @@ impl Backend for ProcessBackend {
             .arg(format!("{}:{}", n.ip, n.cluster))
             .arg("--mqtt")
             .arg(format!("{}:{}", n.ip, n.mqtt))
+            .arg("--ws")
+            .arg(format!("{}:{}", n.ip, n.ws))
+            .arg("--coap")
+            .arg(format!("{}:{}", n.ip, n.coap))
             .arg("--peers")
             .arg(self.spec.peers())
             .arg("--cluster-secret")
@@ -239,6 +253,9 @@ impl Backend for ProcessBackend {
             .arg("--admin-token")
             .arg(&self.spec.token)
             .stdin(Stdio::null())
+            // Its own process group: a Ctrl-C at the terminal reaches the tool (which heals and
+            // reports), not every node at once.
+            .process_group(0)
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(err));
         let child = cmd.spawn().with_context(|| format!("starting {}", self.spec.bin.display()))?;
@@ -334,8 +351,8 @@ mod tests {
     #[test]
     fn port_block_is_in_range_and_free() {
         let b = free_port_block("127.0.0.1").unwrap();
-        assert!(b >= PORT_RANGE.0 && b + 9 <= PORT_RANGE.1, "{b}");
-        assert_eq!((b - PORT_RANGE.0) % 10, 0);
+        assert!(b >= PORT_RANGE.0 && b + BLOCK - 1 <= PORT_RANGE.1, "{b}");
+        assert_eq!((b - PORT_RANGE.0) % BLOCK, 0);
     }
 
     #[test]

@@ -447,7 +447,7 @@ mod mosquitto_tests {
 
     /// A free port in the tool's range; `k` keeps concurrent tests of this process apart.
     fn free_port(k: u16) -> u16 {
-        crate::backend::process::free_port_block("127.0.0.1").unwrap() + k
+        crate::backend::process::free_port_block("127.0.0.1").unwrap() + k + 10
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
