@@ -7,7 +7,8 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: run test deps build lint fmt bench clean-data bin-dir
 
-## Install what a fresh machine lacks (clang/libclang for RocksDB's bindings, MQTT test clients).
+## Install what a fresh machine lacks (clang/libclang for RocksDB's bindings, MQTT test clients:
+## mosquitto-clients and paho-mqtt).
 deps:
 	@missing=""; \
 	for p in clang libclang-dev mosquitto mosquitto-clients curl; do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -15,6 +16,7 @@ deps:
 	  echo "installing:$$missing"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing >/dev/null; \
 	fi
+	@python3 -c 'import paho.mqtt' 2>/dev/null || { echo "installing: paho-mqtt (python)"; python3 -m pip install -q paho-mqtt 2>/dev/null || python3 -m pip install -q --break-system-packages paho-mqtt; }
 	@command -v cargo >/dev/null || { echo "cargo not found: install Rust from https://rustup.rs"; exit 1; }
 
 ## Build every binary in release mode.

@@ -29,11 +29,14 @@ pub struct Config {
     pub raft: Timing,
     /// Proposal batching (`[batch]`).
     pub batch: BatchConfig,
+    /// MQTT limits and behaviour (`[mqtt]`).
+    pub mqtt: Mqtt,
     /// Logging.
     pub log: Log,
 }
 
-/// Listener addresses (`host:port`); a listener without a certificate where it needs one is off.
+/// Listener addresses (`host:port`); `off` (or empty) disables one; a listener without a certificate
+/// where it needs one is off.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Listeners {
@@ -95,6 +98,69 @@ pub struct Api {
     pub admin_token: Option<String>,
 }
 
+/// MQTT limits (`[mqtt]`); defaults follow the Tencent IoT Hub limits where the seeds give one.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Mqtt {
+    /// Largest packet accepted, fixed header included (bytes; default 16384, Tencent's 16 KB). Raise it
+    /// for plain MQTT clients sending large payloads; MQTT 5 clients are told it in CONNACK.
+    pub max_packet_size: u32,
+    /// Longest topic name or filter (bytes; default 255).
+    pub max_topic_len: usize,
+    /// Messages queued per session before the oldest is dropped (default 150).
+    pub max_queue: u32,
+    /// How long a queued message waits for its receiver (seconds; default 86400 = 24 h).
+    pub queue_retention_s: u64,
+    /// Unacknowledged QoS 1/2 PUBLISHes a client may send (MQTT 5 receive maximum; default 128;
+    /// more is a protocol error, 0x93).
+    pub receive_maximum: u16,
+    /// Unacknowledged QoS 1/2 PUBLISHes the server sends a client (default 32, capped by the
+    /// client's receive maximum).
+    pub max_inflight: u16,
+    /// Largest keepalive accepted (seconds; default 900). A larger MQTT 5 request is answered with this
+    /// as the server keepalive; MQTT 3.x connections with a larger one are refused.
+    pub max_keepalive_s: u16,
+    /// Keepalive imposed on clients that ask for 0 (none), in seconds; 0 allows no keepalive (default 0).
+    pub server_keepalive_s: u16,
+    /// Session expiry of MQTT 3.x persistent sessions (clean session 0), and the largest MQTT 5 session
+    /// expiry granted (seconds; default 86400 × 7).
+    pub max_session_expiry_s: u32,
+    /// Topic aliases a client may use (MQTT 5 topic alias maximum; default 16; 0 = none).
+    pub topic_alias_max: u16,
+    /// Connection attempts per client id per node per minute before refusals (default 60).
+    pub connect_rate_per_min: u32,
+    /// Connections per node (default 18000, below the machine's 20000 open files).
+    pub max_connections: usize,
+    /// Seconds a new connection has to send CONNECT (default 10).
+    pub connect_timeout_s: u64,
+    /// Topic filters no client may subscribe to (SUBACK 0x80 / 0x87), e.g. `["#", "$SYS/#"]`.
+    pub deny_filters: Vec<String>,
+    /// QoS 0 messages buffered per connection before new ones are dropped (default 1000).
+    pub qos0_buffer: usize,
+}
+
+impl Default for Mqtt {
+    fn default() -> Self {
+        Self {
+            max_packet_size: 16 * 1024,
+            max_topic_len: 255,
+            max_queue: 150,
+            queue_retention_s: 24 * 3600,
+            receive_maximum: 128,
+            max_inflight: 32,
+            max_keepalive_s: 900,
+            server_keepalive_s: 0,
+            max_session_expiry_s: 7 * 24 * 3600,
+            topic_alias_max: 16,
+            connect_rate_per_min: 60,
+            max_connections: 18_000,
+            connect_timeout_s: 10,
+            deny_filters: Vec::new(),
+            qos0_buffer: 1000,
+        }
+    }
+}
+
 /// Logging.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -116,6 +182,7 @@ impl Default for Config {
             api: Api::default(),
             raft: Timing::default(),
             batch: BatchConfig::default(),
+            mqtt: Mqtt::default(),
             log: Log::default(),
         }
     }
@@ -187,6 +254,11 @@ pub fn parse_peers(s: &str) -> Result<BTreeMap<NodeId, SocketAddr>, ConfigError>
         }
     }
     Ok(out)
+}
+
+/// A listener address of `""` or `off` disables that listener.
+pub fn listener_enabled(addr: &str) -> bool {
+    !(addr.is_empty() || addr.eq_ignore_ascii_case("off"))
 }
 
 /// Resolves `host:port` to one socket address.
@@ -261,6 +333,41 @@ impl Config {
         }
         if r.snapshot_every == 0 {
             return Err(err("raft.snapshot_every", "must be at least 1 (default 20000)"));
+        }
+        let m = &self.mqtt;
+        if m.max_packet_size < 64 || m.max_packet_size > 256 * 1024 * 1024 {
+            return Err(err("mqtt.max_packet_size", "must be 64..=268435456 bytes (default 16384)"));
+        }
+        if m.max_topic_len == 0 || m.max_topic_len > 65535 {
+            return Err(err("mqtt.max_topic_len", "must be 1..=65535 (default 255)"));
+        }
+        if m.max_queue == 0 || m.receive_maximum == 0 || m.max_inflight == 0 || m.qos0_buffer == 0 {
+            return Err(err(
+                "mqtt.max_queue",
+                "max_queue, receive_maximum, max_inflight and qos0_buffer must be at least 1",
+            ));
+        }
+        if m.max_inflight > 32767 {
+            return Err(err("mqtt.max_inflight", "must be at most 32767 (default 32)"));
+        }
+        if m.max_connections == 0 {
+            return Err(err("mqtt.max_connections", "must be at least 1 (default 18000)"));
+        }
+        for f in &m.deny_filters {
+            if !crate::mqtt::codec::valid_filter(f) {
+                return Err(err("mqtt.deny_filters", format!("`{f}` is not a valid topic filter")));
+            }
+        }
+        for (key, addr) in [
+            ("listeners.mqtt", &self.listeners.mqtt),
+            ("listeners.mqtts", &self.listeners.mqtts),
+            ("listeners.ws", &self.listeners.ws),
+            ("listeners.wss", &self.listeners.wss),
+            ("listeners.quic", &self.listeners.quic),
+        ] {
+            if listener_enabled(addr) {
+                resolve(addr).map_err(|p| err(key, p))?;
+            }
         }
         if !matches!(self.log.format.as_str(), "text" | "json") {
             return Err(err("log.format", "use `text` or `json`"));

@@ -10,8 +10,12 @@ use ironhub_raft::transport::Security;
 use ironhub_raft::{NodeConfig, RaftNode};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{parse_peers, resolve, Config};
+use crate::config::{listener_enabled, parse_peers, resolve, Config};
 use crate::http::{self, ApiState};
+use crate::mqtt::listen::{self, TlsFiles};
+use crate::mqtt::metrics::MqttMetrics;
+use crate::mqtt::router::Router;
+use crate::mqtt::{fanout, Broker};
 use crate::state::HubState;
 
 /// Reads the admin token: configured, else stored in the data dir, else generated and stored.
@@ -68,10 +72,8 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         _ if peers.is_empty() => Security::Secret(random_hex()),
         _ => Security::InsecureDev,
     };
-    for (name, addr) in
-        [("mqtt", &cfg.listeners.mqtt), ("ws", &cfg.listeners.ws), ("coap", &cfg.listeners.coap)]
-    {
-        tracing::warn!(listener = name, %addr, "not yet available in this build (the MQTT and CoAP front ends land with the broker issue)");
+    if listener_enabled(&cfg.listeners.coap) {
+        tracing::warn!(listener = "coap", addr = %cfg.listeners.coap, "CoAP is not yet available in this build");
     }
     // Bind the API first: a port in use fails the start before the node joins the cluster.
     let api_addr: SocketAddr = resolve(&cfg.listeners.api).map_err(anyhow::Error::msg)?;
@@ -89,13 +91,20 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         timing: cfg.raft.clone(),
         batch: cfg.batch.clone(),
     };
-    let node =
-        RaftNode::start(node_cfg, Arc::new(HubState), &registry).await.context("starting the raft node")?;
+    let mqtt_metrics = MqttMetrics::new(&registry).context("registering MQTT metrics")?;
+    // The route view is kept by apply, so it exists before the node starts applying.
+    let router = Arc::new(Router::new(cfg.node_id, mqtt_metrics));
+    let node = RaftNode::start(node_cfg, Arc::new(HubState::new(router.clone())), &registry)
+        .await
+        .context("starting the raft node")?;
     tracing::info!(node = cfg.node_id, cluster = %node.cluster_addr(), partitions = node.partitions(), "raft node started");
+    let shutdown = CancellationToken::new();
+    let broker = Broker::new(node.clone(), router, cfg.mqtt.clone(), shutdown.clone());
+    fanout::spawn(broker.clone());
+    start_listeners(&cfg, &broker).await?;
 
     tracing::info!(%api_addr, "API listening");
     let state = Arc::new(ApiState { node: node.clone(), admin_token: token, registry });
-    let shutdown = CancellationToken::new();
     let http = {
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
@@ -109,8 +118,11 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         _ = wait_for_signal() => None,
         msg = node.fatal() => Some(msg),
     };
-    tracing::info!("shutting down: stopping the API, raft groups, transport and storage");
+    tracing::info!(
+        "shutting down: closing MQTT connections, then the API, raft groups, transport and storage"
+    );
     shutdown.cancel();
+    broker.drain(std::time::Duration::from_secs(5)).await;
     if let Ok(Err(e)) = http.await {
         tracing::warn!("API server: {e}");
     }
@@ -120,6 +132,63 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         Some(msg) => Err(crate::config::ConfigError { key: "cluster.peers", problem: msg }.into()),
         None => Ok(()),
     }
+}
+
+/// Starts the MQTT listeners that are enabled (TLS ones only with a certificate).
+async fn start_listeners(cfg: &Config, b: &Arc<Broker>) -> anyhow::Result<()> {
+    let l = &cfg.listeners;
+    let tls = match (&cfg.tls.cert, &cfg.tls.key) {
+        (Some(cert), Some(key)) => {
+            Some(TlsFiles { cert: cert.clone(), key: key.clone(), client_ca: cfg.tls.client_ca.clone() })
+        }
+        _ => None,
+    };
+    if let Some(t) = &tls {
+        // A certificate that does not load is a configuration error (exit 2), not a warning.
+        ironhub_raft::transport::client_facing_server(&t.cert, &t.key, t.client_ca.as_deref(), &[])
+            .map_err(|e| crate::config::ConfigError { key: "tls.cert", problem: e.to_string() })?;
+    }
+    let addr =
+        |key: &'static str, a: &str| resolve(a).map_err(|p| crate::config::ConfigError { key, problem: p });
+    if listener_enabled(&l.mqtt) {
+        listen::tcp(b.clone(), addr("listeners.mqtt", &l.mqtt)?, None).await?;
+    }
+    // The MQTT TCP listener must bind; the others are extras a busy host may not have room for
+    // (several nodes on one machine share the default ports): they warn and stay off.
+    let extra = |what: &str, r: anyhow::Result<std::net::SocketAddr>| {
+        if let Err(e) = r {
+            tracing::warn!("{what} listener off: {e:#}");
+        }
+    };
+    if listener_enabled(&l.ws) {
+        extra(
+            "WebSocket",
+            async { listen::websocket(b.clone(), addr("listeners.ws", &l.ws)?, None).await }.await,
+        );
+    }
+    match &tls {
+        Some(tls) => {
+            if listener_enabled(&l.mqtts) {
+                let r = async {
+                    listen::tcp(b.clone(), addr("listeners.mqtts", &l.mqtts)?, Some(tls.clone())).await
+                };
+                extra("MQTT over TLS", r.await);
+            }
+            if listener_enabled(&l.wss) {
+                let r = async {
+                    listen::websocket(b.clone(), addr("listeners.wss", &l.wss)?, Some(tls.clone())).await
+                };
+                extra("secure WebSocket", r.await);
+            }
+            if listener_enabled(&l.quic) {
+                let r =
+                    async { listen::quic(b.clone(), addr("listeners.quic", &l.quic)?, tls.clone()).await };
+                extra("QUIC", r.await);
+            }
+        }
+        None => tracing::info!("no --tls-cert: MQTT over TLS, secure WebSocket and QUIC are off"),
+    }
+    Ok(())
 }
 
 async fn wait_for_signal() {

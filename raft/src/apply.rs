@@ -41,6 +41,10 @@ pub trait Apply: Send + Sync + 'static {
         txn: &mut StateTxn<'_>,
     ) -> Result<Bytes, StorageError>;
 
+    /// Called after the writes of applied commands are in the engine (once per applied batch of
+    /// entries), so the application can wake readers of what those commands wrote.
+    fn committed(&self, _group: GroupId) {}
+
     /// Called after the group's state was replaced by a snapshot, and once at start, so the
     /// application can rebuild in-memory indexes from `state`.
     fn restore(&self, _group: GroupId, _state: &StateView<'_>) -> Result<(), StorageError> {
@@ -97,6 +101,18 @@ impl<'a> StateTxn<'a> {
             Some(v) => Ok(v.clone()),
             None => self.view.get(key),
         }
+    }
+
+    /// Application keys in `[start, end)`, at most `limit`, seeing this transaction's own writes.
+    pub fn scan(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<KvPair>, StorageError> {
+        let mut rows: BTreeMap<Vec<u8>, Vec<u8>> = self.view.scan(start, end, limit)?.into_iter().collect();
+        for (k, v) in self.overlay.range(start.to_vec()..end.to_vec()) {
+            match v {
+                Some(v) => rows.insert(k.clone(), v.clone()),
+                None => rows.remove(k),
+            };
+        }
+        Ok(rows.into_iter().take(limit).collect())
     }
 
     /// Writes one application key.

@@ -25,7 +25,7 @@ use crate::rpc::NodeRpc;
 use crate::state_machine::GroupStateMachine;
 use crate::testing::MemRouter;
 use crate::transport::{ClusterIdCell, RpcKind, Security, Transport, TransportConfig};
-use crate::types::{GroupId, GroupRaft, NodeAddr, NodeId, Proposal};
+use crate::types::{GroupId, GroupRaft, NodeAddr, NodeId, Proposal, META_GROUP};
 
 /// The on-disk format this build writes; a data dir with a newer one is refused.
 pub const DATA_FORMAT: u32 = 1;
@@ -110,7 +110,12 @@ pub(crate) struct Inner {
     pub(crate) tasks: TaskTracker,
     pub(crate) partitions: u16,
     pub(crate) fatal: tokio::sync::watch::Sender<Option<String>>,
+    pub(crate) app_handler: OnceLock<AppHandler>,
 }
+
+/// Handles the application's node-to-node messages ([`RaftNode::call_app`]): sender, body → reply.
+pub type AppHandler =
+    Arc<dyn Fn(NodeId, Bytes) -> futures::future::BoxFuture<'static, Result<Bytes, String>> + Send + Sync>;
 
 /// A running node (cheap to clone).
 #[derive(Clone)]
@@ -335,6 +340,7 @@ impl RaftNode {
                 tasks,
                 partitions,
                 fatal: tokio::sync::watch::channel(None).0,
+                app_handler: OnceLock::new(),
             }),
         };
         let _ = rpc.node.set(Arc::downgrade(&node.inner));
@@ -485,6 +491,51 @@ impl RaftNode {
                 what: "state read task".into(),
                 source: std::io::Error::other(e),
             })?
+    }
+
+    /// Sets the handler of application messages from other nodes (once; later calls are ignored).
+    pub fn set_app_handler(&self, handler: AppHandler) {
+        let _ = self.inner.app_handler.set(handler);
+    }
+
+    /// Sends an application message to node `target` and waits for its reply.
+    pub async fn call_app(&self, target: NodeId, body: Bytes, timeout: Duration) -> Result<Bytes, String> {
+        self.inner.net.call(target, META_GROUP, RpcKind::App, body, timeout).await.map_err(|e| e.to_string())
+    }
+
+    /// The leader of group `g` as this node sees it.
+    pub fn leader(&self, g: GroupId) -> Option<NodeId> {
+        self.group(g).ok().and_then(|group| self.leader_of(group))
+    }
+
+    /// The last index of group `g` applied on this node.
+    pub fn applied(&self, g: GroupId) -> u64 {
+        self.group(g)
+            .ok()
+            .and_then(|group| group.raft.metrics().borrow_watched().last_applied.map(|l| l.index))
+            .unwrap_or(0)
+    }
+
+    /// Waits until this node applied group `g` up to `index` (at most the retry window).
+    pub async fn wait_applied(&self, g: GroupId, index: u64) -> Result<(), ProposeError> {
+        let group = self.group(g)?;
+        let deadline = Instant::now() + self.retry_window();
+        let mut rx = group.raft.metrics();
+        loop {
+            if rx.borrow_watched().last_applied.map(|l| l.index).unwrap_or(0) >= index {
+                return Ok(());
+            }
+            tokio::select! {
+                _ = self.inner.shutdown.cancelled() => return Err(ProposeError::ShuttingDown),
+                r = rx.changed() => if r.is_err() { return Err(ProposeError::ShuttingDown) },
+                _ = tokio::time::sleep_until(deadline.into()) => return Err(ProposeError::NoLeader { group: g }),
+            }
+        }
+    }
+
+    /// The configured election timeout (its maximum).
+    pub fn election_timeout(&self) -> Duration {
+        Duration::from_millis(self.inner.config.timing.election_max_ms)
     }
 
     /// Each group as this node sees it.

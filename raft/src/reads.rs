@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use ironhub_storage::codec;
-use openraft::async_runtime::WatchReceiver;
 use tokio::sync::oneshot;
 
 use crate::error::ProposeError;
@@ -41,18 +40,7 @@ impl RaftNode {
             self.inner.tasks.spawn(async move { n.read_rounds(g).await });
         }
         let index = rx.await.map_err(|_| ProposeError::ShuttingDown)??;
-        let deadline = Instant::now() + self.retry_window();
-        let mut rx = group.raft.metrics();
-        loop {
-            if rx.borrow_watched().last_applied.map(|l| l.index).unwrap_or(0) >= index {
-                return Ok(());
-            }
-            tokio::select! {
-                _ = self.inner.shutdown.cancelled() => return Err(ProposeError::ShuttingDown),
-                r = rx.changed() => if r.is_err() { return Err(ProposeError::ShuttingDown) },
-                _ = tokio::time::sleep_until(deadline.into()) => return Err(ProposeError::NoLeader { group: g }),
-            }
-        }
+        self.wait_applied(g, index).await
     }
 
     /// How long proposals and reads retry leader changes: twice the election timeout, plus slack.

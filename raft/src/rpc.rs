@@ -95,6 +95,11 @@ async fn dispatch(
             req @ AdminRequest::Reconfigure { .. } => encode(&node.reconfigure_local(g, req).await),
         },
         RpcKind::Snapshot => Err("snapshots travel on their own stream".into()),
+        // Application messages travel with the meta group's id (any existing group would do).
+        RpcKind::App => match node.inner.app_handler.get() {
+            Some(h) => h(from, body).await,
+            None => Err("this node serves no application messages yet".into()),
+        },
     }
 }
 

@@ -156,6 +156,7 @@ impl GroupStateMachine {
             txn.batch.put(keys::raft_key(s.group, keys::RaftTag::Applied), codec::encode(&Some(last))?);
         }
         s.engine.write(&txn.batch, false)?;
+        s.app.committed(s.group);
         s.metrics.observe_apply(s.group, entries.len() as u64, commands, started.elapsed());
         Ok(out)
     }

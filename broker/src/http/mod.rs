@@ -262,7 +262,8 @@ async fn set_retained(s: &ApiState, topic: String, payload: Bytes, qos: u8) -> R
         return Err(ApiError::new(StatusCode::BAD_REQUEST, "bad_qos", "qos is 0, 1 or 2"));
     }
     let g = partition_of(topic.as_bytes(), s.node.partitions());
-    let cmd = Command::SetRetained { topic, payload, qos, at_ms: now_ms() }.encode()?;
+    let cmd =
+        Command::SetRetained { topic, payload, qos, at_ms: now_ms(), props: Default::default() }.encode()?;
     let raw = s.node.propose(g, Proposal::app(cmd)).await?;
     Ok(codec::decode(&raw, "command response")?)
 }
@@ -276,6 +277,9 @@ async fn put_retained(
     match set_retained(&s, topic, Bytes::from(body.payload.into_bytes()), body.qos).await? {
         CmdResponse::Applied { index, .. } => Ok(Json(json!({"applied_index": index}))),
         CmdResponse::Rejected { reason } => Err(ApiError::new(StatusCode::BAD_REQUEST, "rejected", reason)),
+        other => {
+            Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", format!("unexpected {other:?}")))
+        }
     }
 }
 

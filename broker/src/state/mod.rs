@@ -5,12 +5,48 @@
 //! shadows, OTA) add variants here and handlers beside them; the key spaces below keep them apart.
 //!
 //! Key spaces inside a group (application keys):
-//! - `r/<topic>`: retained message of `<topic>` (in the partition of the topic's hash).
+//! - `r/<topic>`: retained message of `<topic>` (in the partition of the topic's hash);
+//! - `s/`, `q/`, `o/`, `od`: sessions, queues and the outbox (see [`session`]).
+//!
+//! Apply also keeps in-memory indexes of the layers above current (the route index, waiting
+//! connections) through [`Hooks`]: called on every node that applies, never blocking.
+
+pub mod session;
+
+use std::sync::Arc;
 
 use bytes::Bytes;
-use ironhub_raft::{Apply, ApplyContext, StateTxn};
+use ironhub_raft::{Apply, ApplyContext, GroupId, StateTxn, StateView};
 use ironhub_storage::{codec, StorageError};
 use serde::{Deserialize, Serialize};
+
+use session::{Connected, Props, Session, SessionCommand};
+
+/// In-memory consequences of applied commands (route index, wake-ups, metrics). Every method must
+/// return at once: apply runs on the group's apply thread.
+pub trait Hooks: Send + Sync + 'static {
+    /// A session was created or changed (owner, connection state, subscriptions).
+    fn session_changed(&self, _group: GroupId, _client: &str, _session: &Session) {}
+    /// A session ended (deleted with its queue).
+    fn session_ended(&self, _group: GroupId, _client: &str) {}
+    /// Messages were appended to `client`'s queue (readable once `committed` is called).
+    fn queue_appended(&self, _group: GroupId, _client: &str) {}
+    /// A message was appended to `group`'s outbox (readable once `committed` is called).
+    fn outbox_appended(&self, _group: GroupId) {}
+    /// The writes of the commands applied so far in `group` are readable.
+    fn committed(&self, _group: GroupId) {}
+    /// Queued messages were dropped because a queue was full.
+    fn queue_dropped(&self, _count: u64) {}
+    /// The group's state was replaced (snapshot) or loaded (start): rebuild indexes from `state`.
+    fn restore(&self, _group: GroupId, _state: &StateView<'_>) -> Result<(), StorageError> {
+        Ok(())
+    }
+}
+
+/// Hooks that do nothing (tests of apply, tools).
+#[derive(Debug, Default)]
+pub struct NoHooks;
+impl Hooks for NoHooks {}
 
 /// A replicated command.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -25,7 +61,11 @@ pub enum Command {
         qos: u8,
         /// Publisher's wall clock, ms since the epoch (informational; apply never reads clocks).
         at_ms: u64,
+        /// MQTT 5 properties of the message.
+        props: Props,
     },
+    /// A session, queue or outbox command (in the client's partition).
+    Session(SessionCommand),
 }
 
 /// The response to a command.
@@ -43,6 +83,14 @@ pub enum Response {
         /// Why.
         reason: String,
     },
+    /// A session command from a connection that no longer owns the session (or no session).
+    Stale,
+    /// A QoS 2 PUBLISH whose packet id already awaits PUBREL: stored before, not stored again.
+    Duplicate,
+    /// One flag per item (subscribe: the filter existed; unsubscribe: it was found).
+    Flags(Vec<bool>),
+    /// A `Connect` was applied.
+    Connected(Box<Connected>),
 }
 
 /// A retained message as stored.
@@ -56,6 +104,8 @@ pub struct Retained {
     pub at_ms: u64,
     /// Raft log index that set it.
     pub index: u64,
+    /// MQTT 5 properties.
+    pub props: Props,
 }
 
 impl Command {
@@ -73,9 +123,26 @@ pub fn retained_key(topic: &str) -> Vec<u8> {
     k
 }
 
+/// Start and end of the retained messages' keys.
+pub const RETAINED: (&[u8], &[u8]) = (b"r/", b"r0");
+
 /// The hub's state machine.
-#[derive(Debug, Default)]
-pub struct HubState;
+pub struct HubState {
+    hooks: Arc<dyn Hooks>,
+}
+
+impl HubState {
+    /// A state machine calling `hooks` as it applies.
+    pub fn new(hooks: Arc<dyn Hooks>) -> Self {
+        Self { hooks }
+    }
+}
+
+impl Default for HubState {
+    fn default() -> Self {
+        Self::new(Arc::new(NoHooks))
+    }
+}
 
 impl Apply for HubState {
     fn apply(
@@ -88,18 +155,27 @@ impl Apply for HubState {
             // An undecodable command (from a newer node during a rolling upgrade, say) is
             // rejected identically on every node: deterministic, and nothing changes.
             Err(e) => Response::Rejected { reason: e.to_string() },
-            Ok(Command::SetRetained { topic, payload, qos, at_ms }) => {
+            Ok(Command::SetRetained { topic, payload, qos, at_ms, props }) => {
                 let key = retained_key(&topic);
                 if payload.is_empty() {
                     txn.delete(&key);
                 } else {
-                    let r = Retained { payload, qos, at_ms, index: ctx.index };
+                    let r = Retained { payload, qos, at_ms, index: ctx.index, props };
                     txn.put(&key, &codec::encode(&r)?);
                 }
                 Response::Applied { index: ctx.index, slot: ctx.slot }
             }
+            Ok(Command::Session(cmd)) => session::apply(ctx, cmd, txn, self.hooks.as_ref())?,
         };
         codec::encode(&response).map(Bytes::from)
+    }
+
+    fn restore(&self, group: GroupId, state: &StateView<'_>) -> Result<(), StorageError> {
+        self.hooks.restore(group, state)
+    }
+
+    fn committed(&self, group: GroupId) {
+        self.hooks.committed(group)
     }
 }
 
@@ -112,7 +188,7 @@ mod tests {
     fn apply_one(engine: &MemEngine, cmd: &Command, index: u64) -> Response {
         let mut txn = StateTxn::for_test(engine, 1);
         let ctx = ApplyContext { group: 1, index, slot: 0 };
-        let raw = HubState.apply(&ctx, &cmd.encode().expect("encode"), &mut txn).expect("apply");
+        let raw = HubState::default().apply(&ctx, &cmd.encode().expect("encode"), &mut txn).expect("apply");
         txn.commit_for_test().expect("commit");
         codec::decode(&raw, "response").expect("decode")
     }
@@ -120,15 +196,35 @@ mod tests {
     #[test]
     fn retained_set_then_cleared_by_empty_payload() {
         let engine = MemEngine::new();
-        let set =
-            Command::SetRetained { topic: "a/b".into(), payload: Bytes::from_static(b"x"), qos: 1, at_ms: 5 };
+        let set = Command::SetRetained {
+            topic: "a/b".into(),
+            payload: Bytes::from_static(b"x"),
+            qos: 1,
+            at_ms: 5,
+            props: Props::default(),
+        };
         assert_eq!(apply_one(&engine, &set, 7), Response::Applied { index: 7, slot: 0 });
         let view = StateView::for_test(&engine, 1);
         let stored: Retained =
             codec::decode(&view.get(&retained_key("a/b")).expect("get").expect("present"), "r")
                 .expect("decode");
-        assert_eq!(stored, Retained { payload: Bytes::from_static(b"x"), qos: 1, at_ms: 5, index: 7 });
-        let clear = Command::SetRetained { topic: "a/b".into(), payload: Bytes::new(), qos: 0, at_ms: 6 };
+        assert_eq!(
+            stored,
+            Retained {
+                payload: Bytes::from_static(b"x"),
+                qos: 1,
+                at_ms: 5,
+                index: 7,
+                props: Props::default()
+            }
+        );
+        let clear = Command::SetRetained {
+            topic: "a/b".into(),
+            payload: Bytes::new(),
+            qos: 0,
+            at_ms: 6,
+            props: Props::default(),
+        };
         apply_one(&engine, &clear, 8);
         assert_eq!(view.get(&retained_key("a/b")).expect("get"), None);
     }
@@ -138,7 +234,7 @@ mod tests {
         let engine = MemEngine::new();
         let mut txn = StateTxn::for_test(&engine, 1);
         let ctx = ApplyContext { group: 1, index: 1, slot: 0 };
-        let raw = HubState.apply(&ctx, &[0xff, 0x00, 0x13], &mut txn).expect("apply");
+        let raw = HubState::default().apply(&ctx, &[0xff, 0x00, 0x13], &mut txn).expect("apply");
         assert!(matches!(codec::decode(&raw, "response").expect("decode"), Response::Rejected { .. }));
         assert!(txn.is_empty_for_test());
     }

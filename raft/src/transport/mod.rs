@@ -55,7 +55,7 @@ use tokio_util::task::TaskTracker;
 
 pub use cluster_id::{Adoption, ClusterIdCell};
 pub use error::TransportError;
-pub use tls::{IDLE_TIMEOUT, KEEP_ALIVE};
+pub use tls::{client_facing_server, IDLE_TIMEOUT, KEEP_ALIVE};
 
 use client::WriteOutcome;
 use frame::{RequestHeader, ResponseHeader, Status};
@@ -100,6 +100,8 @@ pub enum RpcKind {
     Admin = 7,
     /// Snapshot transfer (only through [`Transport::send_snapshot`]).
     Snapshot = 8,
+    /// A message of the layer above (the broker's cross-node routing), see [`crate::RaftNode::call_app`].
+    App = 9,
 }
 
 impl RpcKind {
@@ -114,6 +116,7 @@ impl RpcKind {
             6 => Self::Read,
             7 => Self::Admin,
             8 => Self::Snapshot,
+            9 => Self::App,
             _ => return None,
         })
     }

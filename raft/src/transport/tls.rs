@@ -169,6 +169,36 @@ fn load_roots(path: &Path) -> Result<RootCertStore, TransportError> {
     Ok(roots)
 }
 
+/// A server TLS configuration (TLS 1.2 and 1.3, ring) for client-facing listeners: `cert` and `key`
+/// (PEM), optional client certificates signed by `client_ca` (clients without one are accepted;
+/// authorisation decides), and the given ALPN protocols.
+pub fn client_facing_server(
+    cert: &Path,
+    key: &Path,
+    client_ca: Option<&Path>,
+    alpn: &[&[u8]],
+) -> Result<rustls::ServerConfig, TransportError> {
+    let p = provider();
+    let builder = rustls::ServerConfig::builder_with_provider(p.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(tls_err("TLS server"))?;
+    let builder = match client_ca {
+        Some(ca) => {
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(load_roots(ca)?), p)
+                .allow_unauthenticated()
+                .build()
+                .map_err(|e| TransportError::Config(format!("client CA {}: {e}", ca.display())))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut tls = builder
+        .with_single_cert(load_certs(cert)?, load_key(key)?)
+        .map_err(tls_err("server certificate and key"))?;
+    tls.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
+    Ok(tls)
+}
+
 /// Accepts any server certificate (secret and insecure modes) while still checking that the
 /// handshake is signed by the presented key. Secret mode authenticates peers afterwards with an
 /// HMAC bound to the TLS session, see `auth`.

@@ -1,6 +1,7 @@
 // Vendored from mqttbytes 0.6.0 (src/topic.rs), https://github.com/bytebeamio/rumqtt,
 // Apache License 2.0 (see LICENSE-mqttbytes in this directory). Modified for ironhub:
-// topic names must be non-empty and filters may use `+` only as a whole level.
+// topic names must be non-empty, filters may use `+` only as a whole level, and `$` topics match
+// filters that name their first level.
 
 /// Checks if a topic or topic filter has wildcards
 pub fn has_wildcards(s: &str) -> bool {
@@ -60,7 +61,8 @@ pub fn valid_filter(filter: &str) -> bool {
 /// **NOTE**: make sure a topic is validated during a publish and filter is validated
 /// during a subscribe
 pub fn matches(topic: &str, filter: &str) -> bool {
-    if topic.starts_with('$') {
+    // `$` topics are not matched by a wildcard in the first level (but `$SYS/#` matches `$SYS/x`)
+    if topic.starts_with('$') && (filter.starts_with('+') || filter.starts_with('#')) {
         return false;
     }
 

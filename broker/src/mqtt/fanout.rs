@@ -1,0 +1,292 @@
+//! Work of a partition's leader: fan-out of its outbox, will-delay and session-expiry timers, the
+//! session audit (connections whose node lost them), and one node-wide watchdog (rule 7).
+//!
+//! A supervisor looks at leadership every 100 ms and runs these loops for exactly the partitions
+//! this node leads; a leader change cancels them, and the new leader resumes from the stored
+//! cursor (`od`), so a message is enqueued at least once and, by the per-source cursor in each
+//! session, never twice.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::join_all;
+use ironhub_raft::{GroupId, NodeId, Proposal, ProposeError};
+use ironhub_storage::codec as wire;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::{now_ms, AppMessage, AuditReply, Broker};
+use crate::state::session::{
+    outbox_id, outbox_key, EnqueueItem, Message, MsgId, Owner, SessionCommand, Target, OUTBOX_DONE,
+};
+use crate::state::{Command, Response};
+
+/// Messages fanned out per round.
+const ROUND: usize = 128;
+/// How often the timers and the audit run.
+const TICK: Duration = Duration::from_secs(1);
+/// Audit rounds a node may miss before its sessions are considered lost.
+const AUDIT_MISSES: u32 = 3;
+
+/// Starts the supervisor and the watchdog; both stop with the broker.
+pub fn spawn(b: Arc<Broker>) {
+    let b2 = b.clone();
+    b.tasks.spawn(async move { supervise(b2).await });
+    let b3 = b.clone();
+    b.tasks.spawn(async move { watchdog(b3).await });
+}
+
+async fn supervise(b: Arc<Broker>) {
+    let mut running: HashMap<GroupId, CancellationToken> = HashMap::new();
+    let me = b.node_id();
+    loop {
+        for g in 1..=b.node.partitions() {
+            let leads = b.node.leader(g) == Some(me);
+            match (leads, running.contains_key(&g)) {
+                (true, false) => {
+                    let token = b.shutdown.child_token();
+                    running.insert(g, token.clone());
+                    let (b1, t1) = (b.clone(), token.clone());
+                    b.tasks.spawn(async move { outbox_loop(b1, g, t1).await });
+                    let (b2, t2) = (b.clone(), token);
+                    b.tasks.spawn(async move { timer_loop(b2, g, t2).await });
+                }
+                (false, true) => {
+                    if let Some(t) = running.remove(&g) {
+                        t.cancel();
+                    }
+                    b.router.metrics.queue_depth.with_label_values(&[&g.to_string()]).set(0);
+                    b.router.metrics.outbox_depth.with_label_values(&[&g.to_string()]).set(0);
+                }
+                _ => {}
+            }
+        }
+        tokio::select! {
+            _ = b.shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+        }
+    }
+}
+
+/// Proposes until it is applied, the leadership is lost, or the loop is cancelled.
+async fn propose_until(
+    b: &Broker,
+    g: GroupId,
+    cmd: &Command,
+    cancel: &CancellationToken,
+) -> Option<Response> {
+    let bytes = cmd.encode().ok()?;
+    loop {
+        match b.node.propose(g, Proposal::app(bytes.clone())).await {
+            Ok(raw) => return wire::decode(&raw, "command response").ok(),
+            Err(ProposeError::ShuttingDown) => return None,
+            Err(e) => tracing::debug!(group = g, "fan-out proposal retried: {e}"),
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return None,
+            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+        }
+    }
+}
+
+async fn outbox_loop(b: Arc<Broker>, g: GroupId, cancel: CancellationToken) {
+    let Some(signal) = b.router.outbox_signal(g) else { return };
+    let partitions: Vec<GroupId> = (1..=b.node.partitions()).collect();
+    let label = g.to_string();
+    loop {
+        // Everything applied on this node (the leader) up to now.
+        let rows = b
+            .node
+            .with_state(g, |v| {
+                let done: Option<MsgId> =
+                    v.get(OUTBOX_DONE)?.map(|raw| wire::decode(&raw, "outbox cursor")).transpose()?;
+                let from = done.map_or(outbox_key((0, 0)), |(i, s)| outbox_key((i, s + 1)));
+                v.scan(&from, &outbox_key((u64::MAX, u32::MAX)), ROUND)
+            })
+            .await;
+        let rows = match rows {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(group = g, "reading the outbox: {e}");
+                Vec::new()
+            }
+        };
+        b.router.metrics.outbox_depth.with_label_values(&[&label]).set(rows.len() as i64);
+        if rows.is_empty() {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = signal.notified() => {}
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+            continue;
+        }
+        // Route barrier: every subscription committed before these messages is in the local view.
+        let barrier = join_all(partitions.iter().map(|p| b.node.read_barrier(*p))).await;
+        if let Some(Err(e)) = barrier.into_iter().find(Result::is_err) {
+            tracing::debug!(group = g, "route barrier: {e}");
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_millis(100)) => continue,
+            }
+        }
+        let mut per_partition: BTreeMap<GroupId, Vec<EnqueueItem>> = BTreeMap::new();
+        let mut last = (0, 0);
+        let mut oldest_ms = u64::MAX;
+        for (key, value) in rows {
+            let id = outbox_id(&key);
+            last = id;
+            let msg: Message = match wire::decode(&value, "outbox message") {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::error!(group = g, ?id, "undecodable outbox message skipped: {e}");
+                    continue;
+                }
+            };
+            oldest_ms = oldest_ms.min(msg.at_ms);
+            let mut targets: BTreeMap<GroupId, Vec<Target>> = BTreeMap::new();
+            for m in b.router.route(&msg) {
+                let t = Target { client: m.client, qos: m.qos, retain: m.retain, sub_ids: m.sub_ids };
+                targets.entry(m.group).or_default().push(t);
+            }
+            for (p, targets) in targets {
+                per_partition.entry(p).or_default().push(EnqueueItem { id, msg: msg.clone(), targets });
+            }
+        }
+        let limit = b.cfg.max_queue;
+        let enqueues = per_partition.into_iter().map(|(p, items)| {
+            let cmd = Command::Session(SessionCommand::Enqueue { source: g, items, limit });
+            let (b, cancel) = (b.clone(), cancel.clone());
+            async move { propose_until(&b, p, &cmd, &cancel).await.is_some() }
+        });
+        if !join_all(enqueues).await.into_iter().all(|ok| ok) {
+            return; // cancelled: the next leader resumes from the cursor
+        }
+        let done = Command::Session(SessionCommand::OutboxDone { upto: last });
+        if propose_until(&b, g, &done, &cancel).await.is_none() {
+            return;
+        }
+        if oldest_ms != u64::MAX {
+            b.router.metrics.fanout_lag.observe(now_ms().saturating_sub(oldest_ms) as f64 / 1000.0);
+        }
+    }
+}
+
+async fn timer_loop(b: Arc<Broker>, g: GroupId, cancel: CancellationToken) {
+    let me = b.node_id();
+    let label = g.to_string();
+    let mut misses: HashMap<NodeId, u32> = HashMap::new();
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(TICK) => {}
+        }
+        let now = now_ms();
+        let sessions = b.router.sessions_of(g);
+        let depth: u64 = sessions.iter().map(|(_, r)| r.queued).sum();
+        b.router.metrics.queue_depth.with_label_values(&[&label]).set(depth as i64);
+        // Due will delays and session expiries.
+        for (client, r) in &sessions {
+            if !r.connected && r.deadline.is_some_and(|d| d <= now) {
+                let cmd = Command::Session(SessionCommand::Tick {
+                    client: client.clone(),
+                    epoch: r.owner.epoch,
+                    at_ms: now,
+                });
+                if propose_until(&b, g, &cmd, &cancel).await.is_none() {
+                    return;
+                }
+            }
+        }
+        // Session audit: connected sessions whose connection no longer exists end (their will fires).
+        let mut by_node: BTreeMap<NodeId, Vec<(String, Owner)>> = BTreeMap::new();
+        for (client, r) in sessions.into_iter().filter(|(_, r)| r.connected) {
+            by_node.entry(r.owner.node).or_default().push((client, r.owner));
+        }
+        for (node, conns) in by_node {
+            let gone: Vec<(String, Owner)> = if node == me {
+                conns.into_iter().filter(|(c, o)| !b.router.holds(c, o.conn)).collect()
+            } else {
+                match audit(&b, node, &conns).await {
+                    Some(gone) => {
+                        misses.remove(&node);
+                        conns.into_iter().filter(|(c, _)| gone.contains(c)).collect()
+                    }
+                    None => {
+                        let m = misses.entry(node).or_default();
+                        *m += 1;
+                        if *m < AUDIT_MISSES {
+                            continue;
+                        }
+                        tracing::info!(
+                            group = g,
+                            node,
+                            "node unreachable: ending its {} sessions",
+                            conns.len()
+                        );
+                        conns
+                    }
+                }
+            };
+            for (client, owner) in gone {
+                let cmd = Command::Session(SessionCommand::Disconnect {
+                    client,
+                    owner,
+                    fire_will: true,
+                    expiry_s: None,
+                    at_ms: now_ms(),
+                });
+                if propose_until(&b, g, &cmd, &cancel).await.is_none() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Asks `node` which of `conns` it no longer holds; `None` when it does not answer.
+async fn audit(b: &Broker, node: NodeId, conns: &[(String, Owner)]) -> Option<Vec<String>> {
+    let list = conns.iter().map(|(c, o)| (c.clone(), o.conn)).collect();
+    let body = wire::encode(&AppMessage::Audit(list)).ok()?;
+    let reply = b.node.call_app(node, body.into(), Duration::from_secs(2)).await.ok()?;
+    let r: AuditReply = wire::decode(&reply, "audit reply").ok()?;
+    Some(r.gone)
+}
+
+/// Rule 7: a node that cannot reach a partition's leader for longer than the election timeout
+/// closes that partition's connections (MQTT 5: 0x9C use another server), so no session lives on
+/// the minority side of a network partition. Reachability is proven by a linearizable read barrier
+/// (a quorum answered the leader), every 500 ms, for the partitions that have connections here.
+async fn watchdog(b: Arc<Broker>) {
+    let limit = b.node.election_timeout();
+    let mut last_ok: HashMap<GroupId, Instant> = HashMap::new();
+    loop {
+        tokio::select! {
+            _ = b.shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+        let groups = b.router.groups_with_connections();
+        let node = &b.node;
+        let checks = groups.iter().map(|g| async move {
+            let ok = matches!(tokio::time::timeout(limit, node.read_barrier(*g)).await, Ok(Ok(())));
+            (*g, ok)
+        });
+        let now = Instant::now();
+        for (g, ok) in join_all(checks).await {
+            let since = last_ok.entry(g).or_insert(now);
+            if ok {
+                *since = Instant::now();
+            } else if since.elapsed() > limit {
+                let n = b.router.kick_group(g, 0x9C);
+                if n > 0 {
+                    tracing::warn!(
+                        group = g,
+                        clients = n,
+                        "partition leader unreachable: closed its connections here"
+                    );
+                }
+            }
+        }
+        last_ok.retain(|g, _| groups.contains(g));
+    }
+}

@@ -1,0 +1,114 @@
+//! Prometheus metrics of the MQTT front end, registered on the node's registry (`/metrics`).
+
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
+
+/// The MQTT metrics.
+#[derive(Clone)]
+pub struct MqttMetrics {
+    /// Open connections (after CONNACK).
+    pub connections: IntGauge,
+    /// Connection attempts by result (`accepted`, or the refusal).
+    pub connects: IntCounterVec,
+    /// Packets by direction (`in`/`out`) and type.
+    pub packets: IntCounterVec,
+    /// Bytes by direction.
+    pub bytes: IntCounterVec,
+    /// PUBLISH messages by direction and QoS.
+    pub messages: IntCounterVec,
+    /// Messages dropped, by reason (`queue_full`, `expired`, `too_large`, `qos0_buffer`, `no_route`).
+    pub dropped: IntCounterVec,
+    /// Connections closed for a protocol violation, by reason code.
+    pub protocol_errors: IntCounterVec,
+    /// Queued messages per partition led by this node.
+    pub queue_depth: IntGaugeVec,
+    /// Outbox messages waiting for fan-out per partition led by this node.
+    pub outbox_depth: IntGaugeVec,
+    /// Time from a message's commit to its fan-out (seconds).
+    pub fanout_lag: Histogram,
+    /// Time from PUBLISH accepted to delivery to a subscriber, by QoS (seconds).
+    pub deliver_latency: HistogramVec,
+    /// Sessions taken over by a newer connection.
+    pub takeovers: IntCounter,
+}
+
+impl MqttMetrics {
+    /// Registers the metrics on `registry`.
+    pub fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let buckets = vec![0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0];
+        let m = Self {
+            connections: IntGauge::new("ironhub_mqtt_connections", "Open MQTT connections")?,
+            connects: IntCounterVec::new(
+                Opts::new("ironhub_mqtt_connects_total", "MQTT connection attempts by result"),
+                &["result"],
+            )?,
+            packets: IntCounterVec::new(
+                Opts::new("ironhub_mqtt_packets_total", "MQTT packets by direction and type"),
+                &["dir", "type"],
+            )?,
+            bytes: IntCounterVec::new(
+                Opts::new("ironhub_mqtt_bytes_total", "MQTT bytes by direction"),
+                &["dir"],
+            )?,
+            messages: IntCounterVec::new(
+                Opts::new("ironhub_mqtt_messages_total", "MQTT PUBLISH messages by direction and QoS"),
+                &["dir", "qos"],
+            )?,
+            dropped: IntCounterVec::new(
+                Opts::new("ironhub_queue_dropped_total", "Messages dropped before delivery, by reason"),
+                &["reason"],
+            )?,
+            protocol_errors: IntCounterVec::new(
+                Opts::new(
+                    "ironhub_mqtt_protocol_errors_total",
+                    "Connections closed for a bad packet, by reason code",
+                ),
+                &["reason"],
+            )?,
+            queue_depth: IntGaugeVec::new(
+                Opts::new("ironhub_queue_depth", "Queued messages in the partitions this node leads"),
+                &["group"],
+            )?,
+            outbox_depth: IntGaugeVec::new(
+                Opts::new(
+                    "ironhub_outbox_depth",
+                    "Messages waiting for fan-out in the partitions this node leads",
+                ),
+                &["group"],
+            )?,
+            fanout_lag: Histogram::with_opts(
+                HistogramOpts::new("ironhub_fanout_lag_seconds", "From publish to fan-out committed")
+                    .buckets(buckets.clone()),
+            )?,
+            deliver_latency: HistogramVec::new(
+                HistogramOpts::new(
+                    "ironhub_publish_deliver_seconds",
+                    "From PUBLISH accepted to sent to a subscriber",
+                )
+                .buckets(buckets),
+                &["qos"],
+            )?,
+            takeovers: IntCounter::new("ironhub_mqtt_session_takeovers_total", "Sessions taken over")?,
+        };
+        registry.register(Box::new(m.connections.clone()))?;
+        registry.register(Box::new(m.connects.clone()))?;
+        registry.register(Box::new(m.packets.clone()))?;
+        registry.register(Box::new(m.bytes.clone()))?;
+        registry.register(Box::new(m.messages.clone()))?;
+        registry.register(Box::new(m.dropped.clone()))?;
+        registry.register(Box::new(m.protocol_errors.clone()))?;
+        registry.register(Box::new(m.queue_depth.clone()))?;
+        registry.register(Box::new(m.outbox_depth.clone()))?;
+        registry.register(Box::new(m.fanout_lag.clone()))?;
+        registry.register(Box::new(m.deliver_latency.clone()))?;
+        registry.register(Box::new(m.takeovers.clone()))?;
+        Ok(m)
+    }
+
+    /// Metrics registered nowhere (tests).
+    #[cfg(test)]
+    pub fn unregistered() -> Self {
+        Self::new(&Registry::new()).expect("a fresh registry has no duplicates")
+    }
+}

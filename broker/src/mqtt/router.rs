@@ -1,0 +1,530 @@
+//! The route view of one node: every session's subscriptions and owner, kept current by apply on
+//! every node (each node applies every partition, as voter or learner), and the connections this
+//! node holds. Matching a topic gives the receivers with their delivery QoS; shared subscriptions
+//! pick one member per group (connected members first, round robin).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use ironhub_raft::{GroupId, NodeId, RaftNode, StateView};
+use ironhub_storage::{codec, StorageError};
+use parking_lot::{Mutex, RwLock};
+use tokio::sync::{mpsc, watch, Notify};
+
+use super::metrics::MqttMetrics;
+use super::trie::Trie;
+use crate::state::session::{Message, Owner, Session, Sub, SESSIONS};
+use crate::state::Hooks;
+
+/// Where one session's messages go, as the route view knows it.
+#[derive(Debug, Clone)]
+pub struct ClientRoute {
+    /// The session's partition.
+    pub group: GroupId,
+    /// Its owner.
+    pub owner: Owner,
+    /// Whether the owner is connected.
+    pub connected: bool,
+    /// Subscriptions by filter (shared ones with their prefix).
+    pub subs: BTreeMap<String, Sub>,
+    /// When the partition leader must look at the session again (will delay, expiry), ms.
+    pub deadline: Option<u64>,
+    /// Messages in its queue.
+    pub queued: u64,
+}
+
+/// One receiver of a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Matched {
+    /// Client id.
+    pub client: String,
+    /// Its partition.
+    pub group: GroupId,
+    /// Its owner.
+    pub owner: Owner,
+    /// Whether it is connected.
+    pub connected: bool,
+    /// Delivery QoS.
+    pub qos: u8,
+    /// Retain flag to deliver.
+    pub retain: bool,
+    /// Subscription identifiers.
+    pub sub_ids: Vec<u32>,
+}
+
+/// A QoS 0 message for a connection of this node.
+#[derive(Debug, Clone)]
+pub struct Live {
+    /// The message.
+    pub msg: Arc<Message>,
+    /// Retain flag to deliver.
+    pub retain: bool,
+    /// Subscription identifiers.
+    pub sub_ids: Vec<u32>,
+}
+
+/// A connection held by this node.
+pub struct LocalConn {
+    /// Its connection id.
+    pub conn: u64,
+    /// Its session epoch once its `Connect` applied (0 before).
+    pub epoch: AtomicU64,
+    /// QoS 0 messages (bounded; full drops).
+    pub live: mpsc::Sender<Live>,
+    /// Woken when its queue grew.
+    pub wake: Notify,
+    /// Set to a DISCONNECT reason code to close the connection.
+    pub kick: watch::Sender<Option<u8>>,
+    /// Its partition.
+    pub group: GroupId,
+}
+
+/// QoS 0 messages for connections of another node: (message, [(client, retain, sub ids)]).
+pub type RemoteBatch = Vec<(Message, Vec<(String, bool, Vec<u32>)>)>;
+
+#[derive(Default)]
+struct Pending {
+    clients: Vec<String>,
+    outbox: bool,
+}
+
+#[derive(Default)]
+struct Index {
+    trie: Trie<(Arc<str>, Arc<str>)>,
+    clients: HashMap<String, ClientRoute>,
+}
+
+/// The node's route view and local connections.
+pub struct Router {
+    node_id: NodeId,
+    index: RwLock<Index>,
+    local: Mutex<HashMap<String, Arc<LocalConn>>>,
+    outbox: Vec<Notify>,
+    rr: AtomicUsize,
+    /// Wake-ups held until the applied writes are readable (`Hooks::committed`).
+    pending: Mutex<HashMap<GroupId, Pending>>,
+    remote: Mutex<HashMap<NodeId, mpsc::Sender<(Message, Vec<(String, bool, Vec<u32>)>)>>>,
+    node: OnceLock<RaftNode>,
+    /// Metrics.
+    pub metrics: MqttMetrics,
+}
+
+/// `$share/<group>/<filter>` or `$queue/<filter>`: (share group, filter).
+pub fn parse_shared(key: &str) -> Option<(&str, &str)> {
+    if let Some(rest) = key.strip_prefix("$share/") {
+        let (group, filter) = rest.split_once('/')?;
+        return Some((group, filter));
+    }
+    key.strip_prefix("$queue/").map(|f| ("$queue", f))
+}
+
+/// The filter a subscription key matches with.
+pub fn filter_of(key: &str) -> &str {
+    parse_shared(key).map_or(key, |(_, f)| f)
+}
+
+impl Router {
+    /// An empty view for node `node_id`.
+    pub fn new(node_id: NodeId, metrics: MqttMetrics) -> Self {
+        Self {
+            node_id,
+            index: RwLock::new(Index::default()),
+            local: Mutex::new(HashMap::new()),
+            // one per possible group (partitions are at most 1024, fixed when the cluster is created)
+            outbox: (0..=1024).map(|_| Notify::new()).collect(),
+            rr: AtomicUsize::new(0),
+            pending: Mutex::new(HashMap::new()),
+            remote: Mutex::new(HashMap::new()),
+            node: OnceLock::new(),
+            metrics,
+        }
+    }
+
+    /// Connects the view to its raft node (for cross-node QoS 0 delivery).
+    pub fn set_node(&self, node: RaftNode) {
+        let _ = self.node.set(node);
+    }
+
+    /// Notified when `g`'s outbox grew.
+    pub fn outbox_signal(&self, g: GroupId) -> Option<&Notify> {
+        self.outbox.get(g as usize)
+    }
+
+    /// Registers a local connection; an older local connection of the same client is kicked.
+    pub fn register(&self, client: &str, conn: Arc<LocalConn>) {
+        if let Some(old) = self.local.lock().insert(client.to_string(), conn) {
+            self.metrics.takeovers.inc();
+            let _ = old.kick.send(Some(0x8E));
+        }
+    }
+
+    /// Removes a local connection (if it is still the registered one).
+    pub fn unregister(&self, client: &str, conn: u64) {
+        let mut local = self.local.lock();
+        if local.get(client).is_some_and(|c| c.conn == conn) {
+            local.remove(client);
+        }
+    }
+
+    /// Whether this node holds connection `conn` of `client`.
+    pub fn holds(&self, client: &str, conn: u64) -> bool {
+        self.local.lock().get(client).is_some_and(|c| c.conn == conn)
+    }
+
+    /// Kicks every local connection of partition `g` with `reason`.
+    pub fn kick_group(&self, g: GroupId, reason: u8) -> usize {
+        let local = self.local.lock();
+        let mut n = 0;
+        for c in local.values().filter(|c| c.group == g) {
+            if c.kick.send(Some(reason)).is_ok() {
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Partitions of the connections this node holds.
+    pub fn groups_with_connections(&self) -> std::collections::BTreeSet<GroupId> {
+        self.local.lock().values().map(|c| c.group).collect()
+    }
+
+    /// Sessions of partition `g`: (client, route).
+    pub fn sessions_of(&self, g: GroupId) -> Vec<(String, ClientRoute)> {
+        let index = self.index.read();
+        index.clients.iter().filter(|(_, r)| r.group == g).map(|(c, r)| (c.clone(), r.clone())).collect()
+    }
+
+    /// The route of one client.
+    pub fn route_of(&self, client: &str) -> Option<ClientRoute> {
+        self.index.read().clients.get(client).cloned()
+    }
+
+    /// Receivers of `msg`: one entry per client (overlapping subscriptions merged: highest QoS, every
+    /// identifier), one member per shared group.
+    pub fn route(&self, msg: &Message) -> Vec<Matched> {
+        let index = self.index.read();
+        let mut hits = Vec::new();
+        index.trie.matches(&msg.topic, &mut hits);
+        let mut out: BTreeMap<&str, Matched> = BTreeMap::new();
+        let mut shares: BTreeMap<(&str, &str), Vec<(&str, &ClientRoute, &Sub)>> = BTreeMap::new();
+        for (client, key) in &hits {
+            let Some(route) = index.clients.get(client.as_ref()) else { continue };
+            let Some(sub) = route.subs.get(key.as_ref()) else { continue };
+            match parse_shared(key) {
+                Some(share) => shares.entry(share).or_default().push((client, route, sub)),
+                None if sub.no_local && msg.from == client.as_ref() => {}
+                None => merge(&mut out, client, route, sub, msg),
+            }
+        }
+        for (_, mut members) in shares {
+            members.sort_by_key(|(c, r, _)| (!r.connected, *c));
+            let connected = members.iter().filter(|(_, r, _)| r.connected).count();
+            let pool = if connected > 0 { connected } else { members.len() };
+            let (client, route, sub) = members[self.rr.fetch_add(1, Ordering::Relaxed) % pool];
+            merge(&mut out, client, route, sub, msg);
+        }
+        out.into_values().collect()
+    }
+
+    /// Delivers a QoS 0 message now to connected receivers, here or on their node.
+    pub fn deliver_live(&self, msg: Message) {
+        let matched = self.route(&msg);
+        if matched.is_empty() {
+            return;
+        }
+        let msg = Arc::new(msg);
+        let mut remote: BTreeMap<NodeId, Vec<(String, bool, Vec<u32>)>> = BTreeMap::new();
+        for m in matched.into_iter().filter(|m| m.connected) {
+            if m.owner.node == self.node_id {
+                self.deliver_local(
+                    &m.client,
+                    Live { msg: msg.clone(), retain: m.retain, sub_ids: m.sub_ids },
+                );
+            } else {
+                remote.entry(m.owner.node).or_default().push((m.client, m.retain, m.sub_ids));
+            }
+        }
+        for (node, targets) in remote {
+            self.send_remote(node, (*msg).clone(), targets);
+        }
+    }
+
+    /// Hands a QoS 0 message to a local connection (dropped and counted when its buffer is full).
+    pub fn deliver_local(&self, client: &str, live: Live) {
+        let conn = self.local.lock().get(client).cloned();
+        match conn {
+            Some(c) => {
+                if c.live.try_send(live).is_err() {
+                    self.metrics.dropped.with_label_values(&["qos0_buffer"]).inc();
+                }
+            }
+            None => self.metrics.dropped.with_label_values(&["no_route"]).inc(),
+        }
+    }
+
+    fn send_remote(&self, node: NodeId, msg: Message, targets: Vec<(String, bool, Vec<u32>)>) {
+        let mut remote = self.remote.lock();
+        let tx = remote.entry(node).or_insert_with(|| {
+            let (tx, rx) = mpsc::channel(4096);
+            if let Some(n) = self.node.get() {
+                tokio::spawn(forward_live(n.clone(), node, rx));
+            }
+            tx
+        });
+        if tx.try_send((msg, targets)).is_err() {
+            self.metrics.dropped.with_label_values(&["qos0_buffer"]).inc();
+        }
+    }
+
+    fn set_route(&self, group: GroupId, client: &str, s: &Session) {
+        let mut index = self.index.write();
+        let old = index.clients.remove(client);
+        let key_client: Arc<str> = Arc::from(client);
+        if let Some(old) = &old {
+            for key in old.subs.keys().filter(|k| !s.subs.contains_key(*k)) {
+                index.trie.remove(filter_of(key), &(key_client.clone(), Arc::from(key.as_str())));
+            }
+        }
+        for key in s.subs.keys().filter(|k| !old.as_ref().is_some_and(|o| o.subs.contains_key(*k))) {
+            index.trie.insert(filter_of(key), (key_client.clone(), Arc::from(key.as_str())));
+        }
+        let deadline = match (s.will_at_ms, s.expires_at_ms()) {
+            (Some(w), Some(e)) => Some(w.min(e)),
+            (w, e) => w.or(e),
+        };
+        let route = ClientRoute {
+            group,
+            owner: s.owner,
+            connected: s.connected,
+            subs: s.subs.clone(),
+            deadline,
+            queued: s.next_seq - s.head,
+        };
+        index.clients.insert(client.to_string(), route);
+    }
+
+    fn remove_route(&self, client: &str) {
+        let mut index = self.index.write();
+        if let Some(old) = index.clients.remove(client) {
+            let key_client: Arc<str> = Arc::from(client);
+            for key in old.subs.keys() {
+                index.trie.remove(filter_of(key), &(key_client.clone(), Arc::from(key.as_str())));
+            }
+        }
+    }
+}
+
+fn merge<'a>(
+    out: &mut BTreeMap<&'a str, Matched>,
+    client: &'a str,
+    route: &ClientRoute,
+    sub: &Sub,
+    msg: &Message,
+) {
+    let qos = msg.qos.min(sub.qos);
+    let retain = msg.retain && sub.retain_as_published;
+    let m = out.entry(client).or_insert_with(|| Matched {
+        client: client.to_string(),
+        group: route.group,
+        owner: route.owner,
+        connected: route.connected,
+        qos,
+        retain,
+        sub_ids: Vec::new(),
+    });
+    m.qos = m.qos.max(qos);
+    m.retain |= retain;
+    if let Some(id) = sub.id {
+        if !m.sub_ids.contains(&id) {
+            m.sub_ids.push(id);
+        }
+    }
+}
+
+/// Sends QoS 0 messages for another node's connections in batches (at most one call in flight).
+async fn forward_live(
+    node: RaftNode,
+    target: NodeId,
+    mut rx: mpsc::Receiver<(Message, Vec<(String, bool, Vec<u32>)>)>,
+) {
+    let mut batch: RemoteBatch = Vec::new();
+    while rx.recv_many(&mut batch, 256).await > 0 {
+        let body = match codec::encode(&super::AppMessage::Deliver(std::mem::take(&mut batch))) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(node = target, "encoding QoS 0 messages: {e}");
+                continue;
+            }
+        };
+        if let Err(e) = node.call_app(target, body.into(), std::time::Duration::from_secs(2)).await {
+            tracing::debug!(node = target, "QoS 0 messages not delivered: {e}");
+        }
+    }
+}
+
+impl Hooks for Router {
+    fn session_changed(&self, group: GroupId, client: &str, s: &Session) {
+        self.set_route(group, client, s);
+        // Rule 6: a newer epoch for a client connected here closes the older connection.
+        let local = self.local.lock().get(client).cloned();
+        if let Some(c) = local {
+            let epoch = c.epoch.load(Ordering::Acquire);
+            if c.conn != s.owner.conn && epoch != 0 && epoch < s.owner.epoch {
+                self.metrics.takeovers.inc();
+                let _ = c.kick.send(Some(0x8E));
+            }
+        }
+    }
+
+    fn session_ended(&self, _group: GroupId, client: &str) {
+        self.remove_route(client);
+    }
+
+    fn queue_appended(&self, group: GroupId, client: &str) {
+        self.pending.lock().entry(group).or_default().clients.push(client.to_string());
+    }
+
+    fn outbox_appended(&self, group: GroupId) {
+        self.pending.lock().entry(group).or_default().outbox = true;
+    }
+
+    fn committed(&self, group: GroupId) {
+        let Some(p) = self.pending.lock().remove(&group) else { return };
+        if p.outbox {
+            if let Some(n) = self.outbox.get(group as usize) {
+                n.notify_one();
+            }
+        }
+        if !p.clients.is_empty() {
+            let local = self.local.lock();
+            for client in &p.clients {
+                if let Some(c) = local.get(client) {
+                    c.wake.notify_one();
+                }
+            }
+        }
+    }
+
+    fn queue_dropped(&self, count: u64) {
+        self.metrics.dropped.with_label_values(&["queue_full"]).inc_by(count);
+    }
+
+    fn restore(&self, group: GroupId, state: &StateView<'_>) -> Result<(), StorageError> {
+        let stale: Vec<String> = self
+            .index
+            .read()
+            .clients
+            .iter()
+            .filter(|(_, r)| r.group == group)
+            .map(|(c, _)| c.clone())
+            .collect();
+        for c in stale {
+            self.remove_route(&c);
+        }
+        for (key, value) in state.scan(SESSIONS.0, SESSIONS.1, usize::MAX)? {
+            let client = String::from_utf8_lossy(&key[SESSIONS.0.len()..]).into_owned();
+            let s: Session = codec::decode(&value, "session")?;
+            self.set_route(group, &client, &s);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::session::Props;
+    use std::collections::BTreeSet;
+
+    fn session(node: NodeId, connected: bool, subs: &[(&str, u8)]) -> Session {
+        Session {
+            owner: Owner { node, conn: 1, epoch: 1 },
+            connected,
+            expiry_s: 60,
+            disconnected_at_ms: 0,
+            subs: subs
+                .iter()
+                .map(|(f, q)| {
+                    let sub = Sub {
+                        qos: *q,
+                        no_local: false,
+                        retain_as_published: false,
+                        retain_handling: 0,
+                        id: None,
+                    };
+                    (f.to_string(), sub)
+                })
+                .collect(),
+            will: None,
+            will_at_ms: None,
+            next_seq: 0,
+            head: 0,
+            sent_upto: 0,
+            rel: BTreeSet::new(),
+            awaiting_rel: BTreeSet::new(),
+            last_from: BTreeMap::new(),
+            dropped: 0,
+        }
+    }
+
+    fn msg(topic: &str, qos: u8) -> Message {
+        Message {
+            topic: topic.into(),
+            payload: bytes::Bytes::from_static(b"x"),
+            qos,
+            retain: false,
+            props: Props::default(),
+            at_ms: 0,
+            from: "pub".into(),
+        }
+    }
+
+    #[test]
+    fn overlapping_subscriptions_merge_and_qos_downgrades() {
+        let r = Router::new(1, MqttMetrics::unregistered());
+        r.session_changed(1, "a", &session(1, true, &[("t/+", 0), ("t/#", 1)]));
+        r.session_changed(2, "b", &session(2, false, &[("t/x", 2)]));
+        let mut got = r.route(&msg("t/x", 2));
+        got.sort_by(|x, y| x.client.cmp(&y.client));
+        assert_eq!(got.iter().map(|m| (m.client.as_str(), m.qos)).collect::<Vec<_>>(), [("a", 1), ("b", 2)]);
+        assert_eq!(r.route(&msg("t/x", 0)).iter().map(|m| m.qos).max(), Some(0));
+        // an unsubscribe (session changed without the filter) removes the route
+        r.session_changed(2, "b", &session(2, false, &[]));
+        assert_eq!(r.route(&msg("t/x", 1)).len(), 1);
+        r.session_ended(1, "a");
+        assert!(r.route(&msg("t/x", 1)).is_empty());
+    }
+
+    #[test]
+    fn a_shared_group_gets_each_message_once_preferring_connected_members() {
+        let r = Router::new(1, MqttMetrics::unregistered());
+        r.session_changed(1, "m1", &session(1, true, &[("$share/g/s/+", 1)]));
+        r.session_changed(1, "m2", &session(1, true, &[("$share/g/s/+", 1)]));
+        r.session_changed(1, "m3", &session(1, false, &[("$share/g/s/+", 1)]));
+        r.session_changed(1, "plain", &session(1, true, &[("s/+", 1)]));
+        let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+        for _ in 0..10 {
+            let got = r.route(&msg("s/1", 1));
+            assert_eq!(got.len(), 2, "one member of the group and the plain subscriber");
+            for m in got {
+                *counts.entry(m.client).or_default() += 1;
+            }
+        }
+        assert_eq!(counts.get("plain"), Some(&10));
+        assert_eq!(counts.get("m1"), Some(&5));
+        assert_eq!(counts.get("m2"), Some(&5));
+        assert_eq!(counts.get("m3"), None, "offline member skipped while others are connected");
+    }
+
+    #[test]
+    fn no_local_skips_the_publisher() {
+        let r = Router::new(1, MqttMetrics::unregistered());
+        let mut s = session(1, true, &[("t", 1)]);
+        if let Some(sub) = s.subs.get_mut("t") {
+            sub.no_local = true;
+        }
+        r.session_changed(1, "pub", &s);
+        assert!(r.route(&msg("t", 1)).is_empty());
+    }
+}
