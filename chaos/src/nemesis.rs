@@ -237,45 +237,57 @@ impl Nemesis {
         Ok(true)
     }
 
+    /// Records the fault, then injects it (recording first, so what the fault causes while it is
+    /// being injected — a graceful stop takes a while — falls after the fault in the history).
     async fn inject(&mut self, i: usize, kind: FaultKind, n: NodeId, who: &str) -> anyhow::Result<Active> {
         let others: Vec<NodeId> = self.ids().into_iter().filter(|x| *x != n).collect();
-        let (desc, nodes, active) = match kind {
-            FaultKind::Kill => {
-                with_backend(&self.backend, move |b| b.kill(n)).await?;
-                (format!("kill -9 {who}"), vec![n], Active::Down(n))
-            }
-            FaultKind::Restart => {
-                let clean = with_backend(&self.backend, move |b| b.stop(n, Duration::from_secs(15))).await?;
-                let how = if clean { "exited" } else { "did not exit in 15 s, killed" };
-                (format!("SIGTERM {who} ({how})"), vec![n], Active::Down(n))
-            }
-            FaultKind::Pause => {
-                with_backend(&self.backend, move |b| b.pause(n)).await?;
-                (format!("SIGSTOP {who}"), vec![n], Active::Paused(n))
-            }
-            FaultKind::Partition => {
-                let cuts: Vec<Cut> =
-                    others.iter().flat_map(|&o| [Cut { from: n, to: o }, Cut { from: o, to: n }]).collect();
-                with_backend(&self.backend, move |b| b.cut(&cuts)).await?;
-                (format!("partition {who} | {others:?}"), vec![n], Active::Cut)
-            }
-            FaultKind::OneWay => {
-                let cuts: Vec<Cut> = others.iter().map(|&o| Cut { from: n, to: o }).collect();
-                with_backend(&self.backend, move |b| b.cut(&cuts)).await?;
-                (format!("one-way: {who} cannot send to {others:?}"), vec![n], Active::Cut)
-            }
+        let (desc, nodes, cuts) = match kind {
+            FaultKind::Kill => (format!("kill -9 {who}"), vec![n], Vec::new()),
+            FaultKind::Restart => (format!("SIGTERM {who}"), vec![n], Vec::new()),
+            FaultKind::Pause => (format!("SIGSTOP {who}"), vec![n], Vec::new()),
+            FaultKind::Partition => (
+                format!("partition {who} | {others:?}"),
+                vec![n],
+                others.iter().flat_map(|&o| [Cut { from: n, to: o }, Cut { from: o, to: n }]).collect(),
+            ),
+            FaultKind::OneWay => (
+                format!("one-way: {who} cannot send to {others:?}"),
+                vec![n],
+                others.iter().map(|&o| Cut { from: n, to: o }).collect(),
+            ),
             FaultKind::Bridge => {
-                let cuts: Vec<Cut> = match others.as_slice() {
+                let cuts = match others.as_slice() {
                     [a, b, ..] => vec![Cut { from: *a, to: *b }, Cut { from: *b, to: *a }],
                     _ => Vec::new(),
                 };
-                with_backend(&self.backend, move |b| b.cut(&cuts)).await?;
-                (format!("bridge: {who} is the only link between {others:?}"), others.clone(), Active::Cut)
+                (format!("bridge: {who} is the only link between {others:?}"), others.clone(), cuts)
             }
             FaultKind::RollingRestart => unreachable!("handled by rolling_restart"),
         };
         self.rec.record("nemesis", Kind::Info, Op::Fault { step: i, desc, nodes });
-        Ok(active)
+        Ok(match kind {
+            FaultKind::Kill => {
+                with_backend(&self.backend, move |b| b.kill(n)).await?;
+                Active::Down(n)
+            }
+            FaultKind::Restart => {
+                let clean = with_backend(&self.backend, move |b| b.stop(n, Duration::from_secs(15))).await?;
+                if !clean {
+                    let desc = format!("node {n} did not exit within 15 s of SIGTERM: killed");
+                    eprintln!("ironhub-chaos: step {}: {desc}", i + 1);
+                    self.rec.record("nemesis", Kind::Info, Op::Heal { step: i, desc });
+                }
+                Active::Down(n)
+            }
+            FaultKind::Pause => {
+                with_backend(&self.backend, move |b| b.pause(n)).await?;
+                Active::Paused(n)
+            }
+            _ => {
+                with_backend(&self.backend, move |b| b.cut(&cuts)).await?;
+                Active::Cut
+            }
+        })
     }
 
     async fn heal(&mut self, i: usize, active: Active) -> anyhow::Result<()> {

@@ -1,7 +1,7 @@
 //! Availability: for each fault, the time from its injection to
 //! - failover: every group led again among the nodes the fault spared (probed during the hold);
 //! - the first write invoked after it that succeeded (an acknowledged publish or retained write);
-//! - the end of the last write that did not (failed or unknown) before the next fault. This
+//! - the end of the last write that did not (failed or unknown) and ended before the next fault. This
 //!   includes the clients' own timeouts (5 s for a PUBACK, 2 s for an API call): a client stuck on
 //!   a paused or cut-off node only gives up then.
 //!
@@ -38,7 +38,7 @@ pub fn per_fault(history: &[Event]) -> Vec<FaultAvailability> {
         let until = faults.get(i + 1).map_or(u64::MAX, |f| f.0);
         let first_ok = writes.iter().filter(|w| w.2 && w.0 >= *t).map(|w| w.1 - t).min();
         let last_bad =
-            writes.iter().filter(|w| !w.2 && w.1 >= *t && w.0 < until).map(|w| w.1 - t).max().unwrap_or(0);
+            writes.iter().filter(|w| !w.2 && w.1 >= *t && w.1 < until).map(|w| w.1 - t).max().unwrap_or(0);
         out.push((*step, desc.clone(), first_ok, last_bad));
     }
     out
@@ -119,5 +119,19 @@ mod tests {
         assert!(r.details[0].contains("groups led again after 1800 ms"), "{:?}", r.details);
         h.truncate(3);
         assert_eq!(AvailabilityChecker.check(&h).verdict, Verdict::Fail);
+    }
+
+    #[test]
+    fn a_failure_belongs_to_the_fault_in_whose_window_it_ended() {
+        let f = |t, step| {
+            ev(t, "nemesis", Kind::Info, Op::Fault { step, desc: format!("f{step}"), nodes: vec![1] })
+        };
+        let mut h = vec![f(0, 0), f(1000, 1)];
+        h.extend(publish(990, 0, 1, Kind::Unknown)); // invoked in window 0, ends at 995: window 0
+        h.extend(publish(998, 0, 2, Kind::Unknown)); // ends at 1003, after fault 1: window 1
+        h.extend(publish(1100, 0, 3, Kind::Ok));
+        let rows = per_fault(&h);
+        assert_eq!(rows[0].3, 995);
+        assert_eq!(rows[1].3, 3);
     }
 }

@@ -10,9 +10,9 @@
 //!   [`ACK_TIMEOUT`] or a broken connection makes the publish `unknown` and the publisher moves to
 //!   the next node with the next seq.
 //! - Flow control: a publisher waits while some subscriber is `window` (< 150, the broker's queue
-//!   limit) or more messages behind, counting acked and unknown publishes. So a subscriber that is
-//!   away for a while never overflows its queue: a drop would be the broker's doing, and the drop
-//!   metric tells.
+//!   limit) or more messages behind, counting acked and unknown publishes of the last [`GIVE_UP`].
+//!   So a subscriber that is away for a while never overflows its queue: a drop would be the
+//!   broker's doing, and the drop metric tells.
 //! - Publishers start after every subscriber's first SUBACK; at the end publishers stop first and
 //!   subscribers drain until they hold every acknowledged message or the drain timeout passes.
 
@@ -32,6 +32,9 @@ pub const ACK_TIMEOUT: Duration = Duration::from_secs(5);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// MQTT keep-alive of every client (a paused node is noticed within about twice this).
 const KEEP_ALIVE: Duration = Duration::from_secs(3);
+
+/// How long an unreceived message holds publishers back (see [`Progress::max_behind`]).
+pub const GIVE_UP: Duration = Duration::from_secs(30);
 
 /// The filter every subscriber subscribes to.
 pub const FILTER: &str = "chaos/q/+";
@@ -56,7 +59,8 @@ pub struct QueueConfig {
 /// What publishers and subscribers share: the acknowledged (or unknown) publishes and what each
 /// subscriber holds, for flow control and the drain.
 pub struct Progress {
-    sent: Mutex<HashSet<(usize, u64)>>,
+    /// Sent messages in send order, with when they were sent.
+    sent: Mutex<std::collections::VecDeque<((usize, u64), Instant)>>,
     acked: Mutex<HashSet<(usize, u64)>>,
     held: Vec<Mutex<HashSet<(usize, u64)>>>,
     subscribed: Vec<Mutex<bool>>,
@@ -66,7 +70,7 @@ impl Progress {
     /// For `subscribers` subscribers.
     pub fn new(subscribers: usize) -> Arc<Progress> {
         Arc::new(Progress {
-            sent: Mutex::new(HashSet::new()),
+            sent: Mutex::new(std::collections::VecDeque::new()),
             acked: Mutex::new(HashSet::new()),
             held: (0..subscribers).map(|_| Mutex::new(HashSet::new())).collect(),
             subscribed: (0..subscribers).map(|_| Mutex::new(false)).collect(),
@@ -77,11 +81,18 @@ impl Progress {
         m.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The largest number of sent messages some subscriber does not hold yet.
+    /// The largest number of messages sent in the last [`GIVE_UP`] that some subscriber does not
+    /// hold yet. Older ones no longer hold publishers back: a message missing that long is lost (the
+    /// checker says so, or reports overflow if the broker counted drops), and waiting for it would
+    /// stall the workload for the rest of the run.
     pub fn max_behind(&self) -> u64 {
-        // Subscribers only hold what was sent (sent is recorded before the PUBLISH leaves).
-        let sent = Self::lock(&self.sent).len() as u64;
-        self.held.iter().map(|h| sent.saturating_sub(Self::lock(h).len() as u64)).max().unwrap_or(0)
+        let mut sent = Self::lock(&self.sent);
+        let now = Instant::now();
+        while sent.front().is_some_and(|(_, t)| now.duration_since(*t) > GIVE_UP) {
+            sent.pop_front();
+        }
+        let held: Vec<_> = self.held.iter().map(|h| Self::lock(h)).collect();
+        held.iter().map(|h| sent.iter().filter(|(k, _)| !h.contains(k)).count() as u64).max().unwrap_or(0)
     }
 
     /// Whether every subscriber holds every acknowledged message.
@@ -178,7 +189,7 @@ pub async fn publisher(
             let op = Op::Publish { topic: topic.clone(), seq, qos: cfg.qos };
             rec.record(&process, Kind::Invoke, op.clone());
             let t0 = Instant::now();
-            Progress::lock(&progress.sent).insert((i, seq));
+            Progress::lock(&progress.sent).push_back(((i, seq), Instant::now()));
             if c.publish(&topic, qos_of(cfg.qos), false, seq.to_string()).await.is_err() {
                 rec.record(&process, Kind::Unknown, op);
                 cur += 1;
