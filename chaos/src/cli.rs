@@ -110,7 +110,7 @@ pub struct RunArgs {
     /// Messages per second per publisher.
     #[arg(long)]
     pub rate: Option<u32>,
-    /// QoS of the queue workload (1 or 2).
+    /// QoS of the queue workload (1; 2 is refused for now, see docs/chaos.md).
     #[arg(long)]
     pub qos: Option<u8>,
     /// Seconds the cluster may take to be fully led again after a fault.
