@@ -10,7 +10,7 @@ use crate::schedule::FaultKind;
 /// ironhub-chaos: runs a workload against a three-node ironhub cluster while injecting faults —
 /// kill -9 (a random node or the leader of a group), graceful restart, pause (SIGSTOP/SIGCONT),
 /// network partition, bridge and one-way partitions (netns backend), rolling restart — records what
-/// every client saw, and checks the history: no acknowledged QoS 1/2 message lost, persistent
+/// every client saw, and checks the history: no acknowledged QoS 1 message lost, persistent
 /// sessions resumed, the last acknowledged retained value kept, every raft group led again after
 /// every fault, and the time to the first successful write. A fixed or seeded random schedule, or a
 /// scenario file; the same seed replays the same schedule.

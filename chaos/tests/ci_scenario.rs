@@ -146,3 +146,30 @@ fn help_mentions_kill_pause_partition_and_seed() {
         }
     }
 }
+
+#[test]
+fn check_re_runs_the_checkers_on_a_saved_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("history.jsonl");
+    // A subscriber, one acknowledged publish, no delivery: lost.
+    std::fs::write(
+        &p,
+        concat!(
+            r#"{"t_ms":1,"process":"sub-0","type":"ok","op":"subscribe","value":{"filter":"chaos/q/+","node":1}}"#,
+            "\n",
+            r#"{"t_ms":2,"process":"pub-0","type":"invoke","op":"publish","value":{"topic":"chaos/q/pub-0","seq":1,"qos":1}}"#,
+            "\n",
+            r#"{"t_ms":3,"process":"pub-0","type":"ok","op":"publish","value":{"topic":"chaos/q/pub-0","seq":1,"qos":1},"latency_ms":1}"#,
+            "\n"
+        ),
+    )
+    .unwrap();
+    let out = chaos().arg("check").arg(&p).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("lost=1") && text.contains("sub-0 never received pub-0 #1"), "{text}");
+    std::fs::write(&p, "not json\n").unwrap();
+    let bad = chaos().arg("check").arg(&p).output().unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("line 1"));
+}
