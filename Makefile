@@ -5,7 +5,7 @@ export CARGO_TARGET_DIR ?= $(CACHE_ROOT)/ironhub/target
 BIN := $(CARGO_TARGET_DIR)/release
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test deps build lint fmt bench clean-data bin-dir
+.PHONY: run test deps build lint fmt bench chaos chaos-soak clean-data bin-dir
 
 ## Install what a fresh machine lacks (clang/libclang for RocksDB's bindings, MQTT test clients:
 ## mosquitto-clients and paho-mqtt).
@@ -44,6 +44,15 @@ fmt:
 bench: build
 	cargo run --release -p ironhub-raft --example commit_bench -- --nodes 1 --seconds 20
 	cargo run --release -p ironhub-raft --example commit_bench -- --nodes 3 --seconds 20
+
+## Chaos: the short CI scenario (kill -9 the leader twice, pause a node, partition one away under QoS 1
+## load; about a minute). `make test` runs it too (chaos/tests/ci_scenario.rs). See docs/chaos.md.
+chaos: build
+	$(BIN)/ironhub-chaos run --scenario chaos/scenarios/ci.toml --bin $(BIN)/ironhub
+
+## Chaos soak: an hour of seeded random faults in network namespaces (root). SEED=n replays a run.
+chaos-soak: build
+	$(BIN)/ironhub-chaos run --scenario chaos/scenarios/soak.toml --backend netns --bin $(BIN)/ironhub $(if $(SEED),--seed $(SEED))
 
 clean-data:
 	rm -rf ./data

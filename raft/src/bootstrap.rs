@@ -90,10 +90,43 @@ impl RaftNode {
                 }
             }
             unanswered = still;
+            if unanswered.is_empty() {
+                break;
+            }
             tokio::select! {
                 _ = self.inner.shutdown.cancelled() => return,
-                _ = tokio::time::sleep(Duration::from_secs(1)), if !unanswered.is_empty() => {}
-                else => {}
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+        self.add_declared_peers().await;
+    }
+
+    /// `--peers` lists every voter: peers it names that the cluster does not have yet (a single-node
+    /// hub restarted with `--peers` of three, say) are added by the meta leader, one membership plan
+    /// at a time, as `ironhub ctl cluster add-node` would. Runs until none is missing, the node is not
+    /// the meta leader, or a minute passed.
+    async fn add_declared_peers(&self) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        tracing::debug!("every peer answered; checking that the cluster has every node of --peers");
+        while tokio::time::Instant::now() < deadline {
+            tokio::select! {
+                _ = self.inner.shutdown.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+            let Some(meta) = self.status().into_iter().next() else { return };
+            let Some(leader) = meta.leader else { continue };
+            if leader != self.inner.id {
+                return; // the leader's own copy of this task does it
+            }
+            let members: Vec<NodeId> = meta.voters.iter().chain(&meta.learners).copied().collect();
+            let missing = self.inner.config.peers.iter().find(|(id, _)| !members.contains(id));
+            let Some((id, addr)) = missing else { return };
+            if self.membership_plan().await.is_some_and(|p| p.finished.is_none()) {
+                continue; // wait for the running plan
+            }
+            match self.add_node(*id, addr.to_string()).await {
+                Ok(_) => tracing::info!(node = id, %addr, "adding a node named in --peers to the cluster"),
+                Err(e) => tracing::info!(node = id, "not adding node named in --peers yet: {e}"),
             }
         }
     }

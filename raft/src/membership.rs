@@ -284,10 +284,16 @@ impl RaftNode {
 
     /// Executes running plans while this node leads the meta group.
     pub(crate) async fn plan_loop(&self) {
+        let mut progressed = false;
         loop {
-            tokio::select! {
-                _ = self.inner.shutdown.cancelled() => return,
-                _ = tokio::time::sleep(PLAN_TICK) => {}
+            // Steps run back to back while they succeed; idle or after a failure, wait a tick.
+            if !std::mem::take(&mut progressed) {
+                tokio::select! {
+                    _ = self.inner.shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(PLAN_TICK) => {}
+                }
+            } else if self.inner.shutdown.is_cancelled() {
+                return;
             }
             let leads_meta = self
                 .raft(META_GROUP)
@@ -298,8 +304,9 @@ impl RaftNode {
             let Some(plan) = self.membership_plan().await.filter(|p| p.finished.is_none()) else {
                 continue;
             };
-            if let Err(e) = self.plan_step(&plan).await {
-                tracing::warn!(plan = plan.id, "membership plan step: {e}");
+            match self.plan_step(&plan).await {
+                Ok(()) => progressed = true,
+                Err(e) => tracing::warn!(plan = plan.id, "membership plan step: {e}"),
             }
         }
     }

@@ -30,6 +30,9 @@ pub struct GroupNetworkFactory {
     pub(crate) net: Arc<dyn ClusterNet>,
     pub(crate) group: GroupId,
     pub(crate) metrics: RaftMetrics,
+    /// Nodes whose address `--peers` gives: it wins over an address stored in membership (a node
+    /// restarted on a new address, e.g. a single-node hub restarted as part of a cluster).
+    pub(crate) configured: Arc<std::collections::BTreeSet<NodeId>>,
 }
 
 /// The network client of one group towards one target node.
@@ -45,7 +48,9 @@ impl RaftNetworkFactory<TypeConfig> for GroupNetworkFactory {
 
     async fn new_client(&mut self, target: NodeId, node: &NodeAddr) -> GroupNetwork {
         // Membership carries every node's address: nodes added later become reachable this way.
-        self.net.set_peer(target, &node.cluster);
+        if !self.configured.contains(&target) {
+            self.net.set_peer(target, &node.cluster);
+        }
         GroupNetwork { net: self.net.clone(), metrics: self.metrics.clone(), group: self.group, target }
     }
 }

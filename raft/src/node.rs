@@ -295,6 +295,7 @@ impl RaftNode {
 
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
+        let configured = Arc::new(config.peers.keys().copied().collect::<std::collections::BTreeSet<_>>());
         let mut groups = Vec::with_capacity(partitions as usize + 1);
         for g in 0..=partitions {
             let log = {
@@ -310,7 +311,12 @@ impl RaftNode {
                     .await
                     .map_err(|e| NodeError::Raft { group: g, reason: e.to_string() })??
             };
-            let net = GroupNetworkFactory { net: net.clone(), group: g, metrics: metrics.clone() };
+            let net = GroupNetworkFactory {
+                net: net.clone(),
+                group: g,
+                metrics: metrics.clone(),
+                configured: configured.clone(),
+            };
             let raft = GroupRaft::new(id, raft_config.clone(), net, log, sm)
                 .await
                 .map_err(|e| NodeError::Raft { group: g, reason: e.to_string() })?;

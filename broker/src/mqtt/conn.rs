@@ -525,6 +525,7 @@ impl<W: AsyncWrite + Unpin> Conn<W> {
             wake: Notify::new(),
             kick,
             group: self.group,
+            since: std::time::Instant::now(),
         });
         b.router.register(&self.client, local.clone());
         let cmd = self.session_cmd(SessionCommand::Connect {

@@ -277,7 +277,7 @@ async fn watchdog(b: Arc<Broker>) {
             if ok {
                 *since = Instant::now();
             } else if since.elapsed() > limit {
-                let n = b.router.kick_group(g, 0x9C);
+                let n = b.router.kick_group(g, 0x9C, (*since).into_std());
                 if n > 0 {
                     tracing::warn!(
                         group = g,

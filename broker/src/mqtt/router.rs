@@ -78,6 +78,8 @@ pub struct LocalConn {
     pub kick: watch::Sender<Option<u8>>,
     /// Its partition.
     pub group: GroupId,
+    /// When its session was established (after `Connect` applied).
+    pub since: std::time::Instant,
 }
 
 /// QoS 0 messages for connections of another node: (message, [(client, retain, sub ids)]).
@@ -172,11 +174,15 @@ impl Router {
         self.local.lock().get(client).is_some_and(|c| c.conn == conn)
     }
 
-    /// Kicks every local connection of partition `g` with `reason`.
-    pub fn kick_group(&self, g: GroupId, reason: u8) -> usize {
+    /// Kicks the local connections of partition `g` with `reason` that were established before
+    /// `before` (a connection whose `Connect` committed later reached the leader since).
+    pub fn kick_group(&self, g: GroupId, reason: u8, before: std::time::Instant) -> usize {
         let local = self.local.lock();
         let mut n = 0;
-        for c in local.values().filter(|c| c.group == g) {
+        for c in local
+            .values()
+            .filter(|c| c.group == g && c.since < before && c.epoch.load(Ordering::Acquire) != 0)
+        {
             if c.kick.send(Some(reason)).is_ok() {
                 n += 1;
             }

@@ -63,6 +63,9 @@ impl Node {
             format!("127.0.0.1:{}", self.cluster_port),
             "--admin-token".into(),
             TOKEN.into(),
+            // tests on one host must not compete for the default WebSocket port
+            "--ws".into(),
+            "off".into(),
         ];
         if !peers.is_empty() {
             args.extend(["--peers".into(), peers.into()]);
