@@ -319,3 +319,133 @@ async fn whole_cluster_restart_keeps_sessions_queues_and_retained() {
     .expect("join");
     assert_eq!(retained, ["still-here"]);
 }
+
+/// paho over TLS, WebSocket and secure WebSocket, then a raw MQTT client over QUIC.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_websocket_secure_websocket_and_quic_listeners() {
+    assert!(python_has_paho(), "paho-mqtt missing: `make deps` installs it");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+        .expect("certificate");
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert, ck.cert.pem()).expect("cert");
+    std::fs::write(&key, ck.key_pair.serialize_pem()).expect("key");
+    let port = |_| common::free_ports().0;
+    let (mqtts, ws, wss) = (port(()), port(()), port(()));
+    let quic = common::free_ports().1;
+    let args = [
+        "--tls-cert".to_string(),
+        cert.display().to_string(),
+        "--tls-key".into(),
+        key.display().to_string(),
+        "--mqtts".into(),
+        format!("127.0.0.1:{mqtts}"),
+        "--wss".into(),
+        format!("127.0.0.1:{wss}"),
+        "--quic".into(),
+        format!("127.0.0.1:{quic}"),
+    ];
+    let mut c = Cluster::new(1);
+    c.node(1).extra = args.to_vec();
+    // the test nodes turn WebSocket off by default; this one listens
+    let peers = c.peers.clone();
+    c.node(1).extra.extend(["--ws".into(), format!("127.0.0.1:{ws}")]);
+    c.node(1).start(&peers, common::SECRET);
+    assert!(wait_healthy(c.node(1), Duration::from_secs(30)).await, "{}", c.logs());
+    let tcp = c.node(1).mqtt_port;
+
+    let script = format!(
+        r#"
+import queue, ssl, sys, paho.mqtt.client as mqtt
+def client(transport, port, tls):
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, transport=transport, protocol=mqtt.MQTTv311)
+    if transport == "websockets":
+        c.ws_set_options(path="/mqtt")
+    if tls:
+        c.tls_set(ca_certs="{cert}")
+    q = queue.Queue()
+    c.on_message = lambda c, u, m: q.put(m.payload)
+    c.connect("localhost", port)
+    c.loop_start()
+    return c, q
+for name, (t, p, tls) in {{"tls": ("tcp", {mqtts}, True), "ws": ("websockets", {ws}, False), "wss": ("websockets", {wss}, True)}}.items():
+    s, q = client(t, p, tls)
+    s.subscribe("lst/" + name, 1)[0]
+    import time; time.sleep(0.5)
+    pub, _ = client("tcp", {tcp}, False)
+    pub.publish("lst/" + name, name.encode(), qos=1).wait_for_publish(5)
+    got = q.get(timeout=5)
+    assert got == name.encode(), got
+    print("ok", name)
+    s.disconnect(); pub.disconnect()
+"#,
+        cert = cert.display()
+    );
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("python3").args(["-c", &script]).output().expect("python3")
+    })
+    .await
+    .expect("join");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{text}\n{}\n{}", String::from_utf8_lossy(&out.stderr), c.logs());
+    assert_eq!(text.lines().count(), 3, "{text}");
+
+    // MQTT over QUIC: one bidirectional stream is one MQTT connection.
+    use ironhub_broker::mqtt::codec::{self, v4, Packet as Wire, Protocol, QoS as WireQoS};
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ck.cert.der().clone()).expect("root");
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![b"mqtt".to_vec()];
+    let qcfg = quinn::crypto::rustls::QuicClientConfig::try_from(tls).expect("quic tls");
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("endpoint");
+    endpoint.set_default_client_config(quinn::ClientConfig::new(std::sync::Arc::new(qcfg)));
+    let conn = endpoint
+        .connect(format!("127.0.0.1:{quic}").parse().expect("addr"), "localhost")
+        .expect("connect")
+        .await
+        .unwrap_or_else(|e| panic!("QUIC handshake: {e}\n{}", c.logs()));
+    let (mut send, mut recv) = conn.open_bi().await.expect("stream");
+    let mut out = bytes::BytesMut::new();
+    let connect = v4::Connect::new("quic-client");
+    codec::write(&Wire::V4(v4::Packet::Connect(connect)), &mut out).expect("encode");
+    let mut sub = v4::Subscribe::new("lst/quic", WireQoS::AtLeastOnce);
+    sub.pkid = 1;
+    codec::write(&Wire::V4(v4::Packet::Subscribe(sub)), &mut out).expect("encode");
+    send.write_all(&out).await.expect("send");
+    let mut buf = bytes::BytesMut::new();
+    let mut packets = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        while let Some(p) = codec::read(&mut buf, Protocol::V4, 1 << 20).expect("decode") {
+            packets.push(p);
+        }
+        if packets.iter().any(|p| matches!(p, Wire::V4(v4::Packet::SubAck(_)))) && packets.len() == 2 {
+            assert!(mosquitto_pub(tcp, &["-q", "1", "-t", "lst/quic", "-m", "over-quic"]));
+        }
+        if packets
+            .iter()
+            .any(|p| matches!(p, Wire::V4(v4::Packet::Publish(x)) if x.payload.as_ref() == b"over-quic"))
+        {
+            break;
+        }
+        let mut chunk = [0u8; 4096];
+        match tokio::time::timeout(Duration::from_secs(5), recv.read(&mut chunk)).await {
+            Ok(Ok(Some(n))) => buf.extend_from_slice(&chunk[..n]),
+            other => panic!("QUIC stream: {other:?} after {packets:?}\n{}", c.logs()),
+        }
+    }
+    assert!(
+        matches!(packets.first(), Some(Wire::V4(v4::Packet::ConnAck(a))) if a.code == v4::ConnectReturnCode::Success)
+    );
+    assert!(
+        packets
+            .iter()
+            .any(|p| matches!(p, Wire::V4(v4::Packet::Publish(x)) if x.payload.as_ref() == b"over-quic")),
+        "{packets:?}"
+    );
+}

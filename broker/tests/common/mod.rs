@@ -63,10 +63,11 @@ impl Node {
             format!("127.0.0.1:{}", self.cluster_port),
             "--admin-token".into(),
             TOKEN.into(),
-            // tests on one host must not compete for the default WebSocket port
-            "--ws".into(),
-            "off".into(),
         ];
+        // tests on one host must not compete for the default WebSocket port
+        if !self.extra.iter().any(|a| a == "--ws") {
+            args.extend(["--ws".into(), "off".into()]);
+        }
         if !peers.is_empty() {
             args.extend(["--peers".into(), peers.into()]);
             if let Some(secret) = secret {
