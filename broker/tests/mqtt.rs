@@ -254,7 +254,7 @@ async fn kill9_of_the_subscribers_node_loses_no_acked_message() {
     let mut c = Cluster::new(3);
     c.start_all();
     for id in 1..=3 {
-        assert!(wait_healthy(c.node(id), Duration::from_secs(30)).await, "node {id}:\n{}", c.logs());
+        assert!(wait_healthy(c.node(id), Duration::from_secs(60)).await, "node {id}:\n{}", c.logs());
     }
     assert!(common::wait_all_led(c.node(1), &[1, 2, 3], Duration::from_secs(30)).await.is_some());
     let (p1, p2, p3) = (c.node(1).mqtt_port, c.node(2).mqtt_port, c.node(3).mqtt_port);
@@ -287,7 +287,7 @@ async fn whole_cluster_restart_keeps_sessions_queues_and_retained() {
     let mut c = Cluster::new(3);
     c.start_all();
     for id in 1..=3 {
-        assert!(wait_healthy(c.node(id), Duration::from_secs(30)).await, "node {id}:\n{}", c.logs());
+        assert!(wait_healthy(c.node(id), Duration::from_secs(60)).await, "node {id}:\n{}", c.logs());
     }
     assert!(common::wait_all_led(c.node(1), &[1, 2, 3], Duration::from_secs(30)).await.is_some());
     let (p1, p2) = (c.node(1).mqtt_port, c.node(2).mqtt_port);
@@ -305,7 +305,7 @@ async fn whole_cluster_restart_keeps_sessions_queues_and_retained() {
     }
     c.start_all();
     for id in 1..=3 {
-        assert!(wait_healthy(c.node(id), Duration::from_secs(30)).await, "node {id}:\n{}", c.logs());
+        assert!(wait_healthy(c.node(id), Duration::from_secs(60)).await, "node {id}:\n{}", c.logs());
     }
     assert!(common::wait_all_led(c.node(1), &[1, 2, 3], Duration::from_secs(30)).await.is_some());
     let got: Received = Default::default();
