@@ -223,7 +223,7 @@ async fn packet_ids_wrap_under_reconnects_and_no_acked_message_is_missing() {
             let mut round = 0u64;
             while got.lock().len() < total as usize && round < 10_000 {
                 round += 1;
-                let stop = if round % 2 == 0 { (round * 37 % 400) as usize + 1 } else { 5_000 };
+                let stop = if round.is_multiple_of(2) { (round * 37 % 400) as usize + 1 } else { 5_000 };
                 receive(port, "wrap-sub", &got, total as usize, Some(stop)).await;
             }
         })

@@ -67,6 +67,9 @@ struct Flight {
     released: bool,
 }
 
+/// A stored ack cursor: the PUBREC'd sequences it carried, and the outcome.
+type AckFuture = BoxFuture<'static, (Vec<u64>, Result<Response, ProposeError>)>;
+
 /// Result of a queue read.
 type QueueRows = Vec<(u64, Queued)>;
 
@@ -207,8 +210,7 @@ async fn run<R, W>(
     b.router.metrics.connections.inc();
     let max = b.cfg.max_packet_size as usize;
     let mut pipeline: FuturesOrdered<BoxFuture<'static, Reply>> = FuturesOrdered::new();
-    let mut acks: FuturesUnordered<BoxFuture<'static, (Vec<u64>, Result<Response, ProposeError>)>> =
-        FuturesUnordered::new();
+    let mut acks: FuturesUnordered<AckFuture> = FuturesUnordered::new();
     let timeout = keepalive.map(|k| k * 3 / 2);
     let mut deadline = timeout.map(|t| Instant::now() + t);
     let mut pump_needed = true;
@@ -1137,7 +1139,7 @@ impl<W: AsyncWrite + Unpin> Conn<W> {
     }
 
     /// The next cursor update to store, if one is due and none is in flight.
-    fn ack_future(&mut self) -> Option<BoxFuture<'static, (Vec<u64>, Result<Response, ProposeError>)>> {
+    fn ack_future(&mut self) -> Option<AckFuture> {
         // Delivery progress alone (sent, not acked) is stored lazily: with an ack or a PUBREC.
         if self.ack_in_flight || (self.head == self.acked_head && self.rel_pending.is_empty()) {
             return None;

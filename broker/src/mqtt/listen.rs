@@ -155,15 +155,14 @@ async fn bridge(b: Arc<Broker>, socket: WebSocket, peer: SocketAddr, name: &'sta
     let (mut rd, mut wr) = tokio::io::split(ws_side);
     let inbound = tokio::spawn(async move {
         while let Some(Ok(m)) = from_ws.next().await {
-            match m {
-                WsMessage::Binary(d) => {
-                    if wr.write_all(&d).await.is_err() {
-                        break;
-                    }
-                }
-                WsMessage::Close(_) => break,
-                // MQTT over WebSocket is binary only (MQTT 5 6.0): text frames are ignored
-                _ => {}
+            // MQTT over WebSocket is binary only (MQTT 5 6.0): text frames are ignored
+            let written = match m {
+                WsMessage::Binary(d) => wr.write_all(&d).await.is_ok(),
+                WsMessage::Close(_) => false,
+                _ => true,
+            };
+            if !written {
+                break;
             }
         }
         let _ = wr.shutdown().await;

@@ -82,8 +82,14 @@ pub struct LocalConn {
     pub since: std::time::Instant,
 }
 
-/// QoS 0 messages for connections of another node: (message, [(client, retain, sub ids)]).
-pub type RemoteBatch = Vec<(Message, Vec<(String, bool, Vec<u32>)>)>;
+/// A receiver on another node: (client, retain flag, subscription ids).
+pub type RemoteTarget = (String, bool, Vec<u32>);
+/// One QoS 0 message for connections of another node.
+pub type RemoteItem = (Message, Vec<RemoteTarget>);
+/// QoS 0 messages for connections of another node.
+pub type RemoteBatch = Vec<RemoteItem>;
+/// Members of one shared group matching a topic.
+type ShareMembers<'a> = Vec<(&'a str, &'a ClientRoute, &'a Sub)>;
 
 #[derive(Default)]
 struct Pending {
@@ -106,7 +112,7 @@ pub struct Router {
     rr: AtomicUsize,
     /// Wake-ups held until the applied writes are readable (`Hooks::committed`).
     pending: Mutex<HashMap<GroupId, Pending>>,
-    remote: Mutex<HashMap<NodeId, mpsc::Sender<(Message, Vec<(String, bool, Vec<u32>)>)>>>,
+    remote: Mutex<HashMap<NodeId, mpsc::Sender<RemoteItem>>>,
     node: OnceLock<RaftNode>,
     /// Metrics.
     pub metrics: MqttMetrics,
@@ -213,7 +219,7 @@ impl Router {
         let mut hits = Vec::new();
         index.trie.matches(&msg.topic, &mut hits);
         let mut out: BTreeMap<&str, Matched> = BTreeMap::new();
-        let mut shares: BTreeMap<(&str, &str), Vec<(&str, &ClientRoute, &Sub)>> = BTreeMap::new();
+        let mut shares: BTreeMap<(&str, &str), ShareMembers<'_>> = BTreeMap::new();
         for (client, key) in &hits {
             let Some(route) = index.clients.get(client.as_ref()) else { continue };
             let Some(sub) = route.subs.get(key.as_ref()) else { continue };
@@ -240,7 +246,7 @@ impl Router {
             return;
         }
         let msg = Arc::new(msg);
-        let mut remote: BTreeMap<NodeId, Vec<(String, bool, Vec<u32>)>> = BTreeMap::new();
+        let mut remote: BTreeMap<NodeId, Vec<RemoteTarget>> = BTreeMap::new();
         for m in matched.into_iter().filter(|m| m.connected) {
             if m.owner.node == self.node_id {
                 self.deliver_local(
@@ -269,7 +275,7 @@ impl Router {
         }
     }
 
-    fn send_remote(&self, node: NodeId, msg: Message, targets: Vec<(String, bool, Vec<u32>)>) {
+    fn send_remote(&self, node: NodeId, msg: Message, targets: Vec<RemoteTarget>) {
         let mut remote = self.remote.lock();
         let tx = remote.entry(node).or_insert_with(|| {
             let (tx, rx) = mpsc::channel(4096);
@@ -349,11 +355,7 @@ fn merge<'a>(
 }
 
 /// Sends QoS 0 messages for another node's connections in batches (at most one call in flight).
-async fn forward_live(
-    node: RaftNode,
-    target: NodeId,
-    mut rx: mpsc::Receiver<(Message, Vec<(String, bool, Vec<u32>)>)>,
-) {
+async fn forward_live(node: RaftNode, target: NodeId, mut rx: mpsc::Receiver<RemoteItem>) {
     let mut batch: RemoteBatch = Vec::new();
     while rx.recv_many(&mut batch, 256).await > 0 {
         let body = match codec::encode(&super::AppMessage::Deliver(std::mem::take(&mut batch))) {
