@@ -200,7 +200,10 @@ async fn timer_loop(b: Arc<Broker>, g: GroupId, cancel: CancellationToken) {
         }
         // Session audit: connected sessions whose connection no longer exists end (their will fires).
         let mut by_node: BTreeMap<NodeId, Vec<(String, Owner)>> = BTreeMap::new();
-        for (client, r) in sessions.into_iter().filter(|(_, r)| r.connected) {
+        // An owner that connected within the last two ticks may not be registered where the audit
+        // looks yet (a takeover on the same node): leave it to the next round.
+        let settled = |r: &super::router::ClientRoute| r.owner_since.elapsed() > TICK * 2;
+        for (client, r) in sessions.into_iter().filter(|(_, r)| r.connected && settled(r)) {
             by_node.entry(r.owner.node).or_default().push((client, r.owner));
         }
         for (node, conns) in by_node {

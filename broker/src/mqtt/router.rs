@@ -32,6 +32,8 @@ pub struct ClientRoute {
     pub deadline: Option<u64>,
     /// Messages in its queue.
     pub queued: u64,
+    /// When this node learned the current owner (the session audit leaves fresh owners alone).
+    pub owner_since: std::time::Instant,
 }
 
 /// One receiver of a message.
@@ -305,7 +307,12 @@ impl Router {
             (Some(w), Some(e)) => Some(w.min(e)),
             (w, e) => w.or(e),
         };
+        let owner_since = match &old {
+            Some(o) if o.owner == s.owner => o.owner_since,
+            _ => std::time::Instant::now(),
+        };
         let route = ClientRoute {
+            owner_since,
             group,
             owner: s.owner,
             connected: s.connected,
