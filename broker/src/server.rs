@@ -48,19 +48,38 @@ fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
 }
 
 /// Logs the limits of this process (open files) once at start.
-fn log_limits() {
-    if let Ok(text) = std::fs::read_to_string("/proc/self/limits") {
-        if let Some(line) = text.lines().find(|l| l.starts_with("Max open files")) {
-            tracing::info!("{}", line.split_whitespace().collect::<Vec<_>>().join(" "));
-        }
+/// Logs the open-files limit and returns its soft value, if readable.
+fn open_files_limit() -> Option<usize> {
+    let text = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = text.lines().find(|l| l.starts_with("Max open files"))?;
+    tracing::info!("{}", line.split_whitespace().collect::<Vec<_>>().join(" "));
+    line.split_whitespace().nth(3)?.parse().ok()
+}
+
+/// Files the node needs besides client connections (RocksDB, snapshots, cluster, API).
+const RESERVED_FILES: usize = 1024;
+
+/// Caps `mqtt.max_connections` below the process's open-files limit, so a full node refuses
+/// CONNECTs (0x97) instead of failing to open its own files.
+fn cap_connections(cfg: &mut Config, limit: Option<usize>) {
+    let Some(limit) = limit else { return };
+    let room = limit.saturating_sub(RESERVED_FILES).max(1);
+    if cfg.mqtt.max_connections > room {
+        tracing::warn!(
+            configured = cfg.mqtt.max_connections,
+            capped = room,
+            "mqtt.max_connections is above the open-files limit ({limit}) minus {RESERVED_FILES} reserved; capping (raise `ulimit -n` for more)"
+        );
+        cfg.mqtt.max_connections = room;
     }
 }
 
 /// Runs a node until SIGTERM/SIGINT.
-pub async fn serve(cfg: Config) -> anyhow::Result<()> {
+pub async fn serve(mut cfg: Config) -> anyhow::Result<()> {
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating data dir {}", cfg.data_dir.display()))?;
-    log_limits();
+    let limit = open_files_limit();
+    cap_connections(&mut cfg, limit);
     let token = admin_token(&cfg)?;
     let peers = parse_peers(&cfg.cluster.peers)?;
     let security = match (&cfg.cluster.secret, &cfg.cluster.ca, &cfg.cluster.cert, &cfg.cluster.key) {
@@ -203,5 +222,22 @@ async fn wait_for_signal() {
         _ => {
             let _ = tokio::signal::ctrl_c().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn max_connections_stays_below_the_open_files_limit() {
+        let mut cfg = Config::default();
+        cap_connections(&mut cfg, Some(4096));
+        assert_eq!(cfg.mqtt.max_connections, 4096 - RESERVED_FILES);
+        let mut cfg = Config::default();
+        cap_connections(&mut cfg, Some(1_000_000));
+        assert_eq!(cfg.mqtt.max_connections, 18_000, "a configured value below the limit is kept");
+        cap_connections(&mut cfg, None);
+        assert_eq!(cfg.mqtt.max_connections, 18_000);
     }
 }

@@ -329,6 +329,20 @@ def test_outbound_topic_alias_when_the_client_allows_it():
     s.close(), p.close()
 
 
+def test_messages_larger_than_the_clients_maximum_packet_size_are_dropped():
+    t = uid("maxout")
+    cp = Properties(PacketTypes.CONNECT)
+    cp.MaximumPacketSize = 200
+    s = Client(connect_props=cp)
+    s.sub(t)
+    p = Client()
+    p.pub(t, b"x" * 500)
+    p.pub(t, b"small")
+    assert s.get().payload == b"small"
+    s.nothing()
+    s.close(), p.close()
+
+
 def test_server_assigned_client_id_and_response_information():
     cp = Properties(PacketTypes.CONNECT)
     cp.RequestResponseInformation = 1

@@ -1019,8 +1019,15 @@ impl<W: AsyncWrite + Unpin> Conn<W> {
             payload: msg.payload.clone(),
         };
         if self.max_out != usize::MAX {
-            let mut probe = BytesMut::new();
-            if v5::write(&v5::Packet::Publish(p.clone()), &mut probe).map_or(true, |n| n > self.max_out) {
+            // whole packet = type byte + remaining-length varint + remaining length (no encoding pass)
+            let remaining = p.len();
+            let varint = match remaining {
+                0..=127 => 1,
+                128..=16_383 => 2,
+                16_384..=2_097_151 => 3,
+                _ => 4,
+            };
+            if 1 + varint + remaining > self.max_out {
                 self.b.router.metrics.dropped.with_label_values(&["too_large"]).inc();
                 if new_alias {
                     self.aliases_out.remove(&msg.topic); // the client never learned it
