@@ -1,15 +1,17 @@
 //! The command line: one subcommand per scenario, sharing [`CommonArgs`], plus `compare`.
 
+use std::net::IpAddr;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+pub use crate::client::Transport;
 use crate::scenario;
 
 /// Load generator for MQTT brokers (any broker: ironhub, mosquitto, EMQX …), with
 /// publish-to-receive latency and loss/duplicate/out-of-order accounting.
 #[derive(Debug, Parser)]
-#[command(name = "ironhub-bench", version, about)]
+#[command(name = "ironhub-bench", version, about, args_override_self = true)]
 pub struct Cli {
     /// What to run.
     #[command(subcommand)]
@@ -60,7 +62,7 @@ pub struct CompareArgs {
 }
 
 /// MQTT protocol version.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize, serde::Deserialize)]
 pub enum Protocol {
     /// MQTT 3.1.1.
     #[value(name = "3.1.1", alias = "3", alias = "4")]
@@ -71,7 +73,7 @@ pub enum Protocol {
 }
 
 /// Quality of service.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize, serde::Deserialize)]
 pub enum Qos {
     /// At most once.
     #[value(name = "0")]
@@ -90,9 +92,29 @@ pub struct CommonArgs {
     /// Broker host (traffic goes only to this address).
     #[arg(long, default_value = "127.0.0.1")]
     pub host: String,
-    /// Broker MQTT/TCP port.
+    /// Broker port (of the listener for --transport).
     #[arg(long, default_value_t = 1883)]
     pub port: u16,
+    /// Transport: tcp, tls, ws (WebSocket), wss (secure WebSocket) or quic (UDP; one stream per
+    /// connection, ALPN `mqtt`).
+    #[arg(long, value_enum, default_value = "tcp")]
+    pub transport: Transport,
+    /// TLS (tls, wss, quic): PEM file of the CA to trust (default: the system bundle).
+    #[arg(long)]
+    pub ca: Option<PathBuf>,
+    /// TLS (tls, wss, quic): accept any server certificate (self-signed test brokers).
+    #[arg(long)]
+    pub insecure: bool,
+    /// WebSocket path (ws, wss).
+    #[arg(long, default_value = "/mqtt")]
+    pub ws_path: String,
+    /// Source addresses to spread connections over, comma separated
+    /// (e.g. 127.0.0.1,127.0.0.2,127.0.0.3): each address has its own ephemeral ports.
+    #[arg(long, value_delimiter = ',')]
+    pub ifaddr: Vec<IpAddr>,
+    /// Worker processes (0 = one per 15,000 connections, 1 = never split).
+    #[arg(long, default_value_t = 0)]
+    pub workers: usize,
     /// MQTT version: 3.1.1 or 5.
     #[arg(long = "mqtt", value_enum, default_value = "3.1.1")]
     pub protocol: Protocol,
@@ -152,6 +174,12 @@ pub struct CommonArgs {
     /// Hide the live progress line.
     #[arg(long)]
     pub quiet: bool,
+    /// Internal: run as worker K of N (`K/N`) under a coordinating ironhub-bench.
+    #[arg(long, hide = true)]
+    pub worker: Option<String>,
+    /// Internal: the run's tag (client ids), shared by the workers of one run.
+    #[arg(long, hide = true)]
+    pub run_tag: Option<String>,
 }
 
 impl ScenarioCmd {

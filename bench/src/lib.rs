@@ -6,25 +6,35 @@
 //! - [`scenario`]: one module per scenario; each turns its arguments into a [`scenario::Plan`].
 //! - [`runner`]: carries out any plan against one broker: paced connects, publishers, subscribers,
 //!   drain, accounting.
-//! - [`client`]: one MQTT 3.1.1 / 5 client over rumqttc.
+//! - [`share`]: splitting a run over worker processes, and merging their reports.
+//! - [`workers`]: the coordinator that starts the worker processes and keeps them in step.
+//! - [`client`]: one MQTT 3.1.1 / 5 client: our socket (bound to `--ifaddr`; TCP, TLS, WebSocket,
+//!   QUIC), rumqttc's packet codecs, a small session state machine.
 //! - [`rate`]: the pacer behind publish and connect rates.
 //! - [`payload`]: the header in every payload (publisher id, sequence number, send time).
 //! - [`seq`]: lost / duplicated / out-of-order accounting per publisher.
 //! - [`metrics`]: live counters and sharded HDR histograms.
-//! - [`procstat`]: CPU time and the open-file limit from /proc.
+//! - [`procstat`]: CPU time, memory, the open-file limit and ephemeral ports from /proc, and the
+//!   limits they put on a run.
 //! - [`report`]: summary table, JSON, PNG plot, comparison.
 //!
-//! # Why rumqttc
+//! # The client
 //!
-//! rumqttc (bytebeamio, Apache-2.0) is maintained, speaks MQTT 3.1.1 and 5 with QoS 0/1/2, and
-//! its `AsyncClient`/`EventLoop` pair costs one tokio task, one bounded request channel and a
-//! small read buffer per client, so thousands of clients fit in one process. Its TLS features are
-//! off (`default-features = false`), so it adds no crypto provider. A lean client of our own over
-//! a codec would save little memory and cost a second MQTT state machine to get right. Its one gap
-//! for a bench: it cannot bind a source address, so `--ifaddr` (spreading clients over local
-//! addresses) is not offered yet; it needs a client whose socket we create.
+//! rumqttc (bytebeamio, Apache-2.0) supplies the MQTT 3.1.1 and 5 packet codecs. Its event loop is
+//! not used: it creates its own socket and cannot bind a source address (0.25 has only
+//! `bind_device`, which takes a device name), so `--ifaddr` needs a socket we create. Our client
+//! ([`client`]) owns the socket, runs a small session state machine (packet ids, the QoS 1/2
+//! window, QoS 2 handshakes) and costs one tokio task, one bounded request channel and a small read
+//! and write buffer per connection, so thousands of clients fit in one process. Transports: TCP,
+//! TLS (rustls), WebSocket and secure WebSocket (tungstenite), QUIC (quinn, one bidirectional
+//! stream per MQTT connection as ironhub's QUIC listener expects).
 //!
-//! Transports: MQTT over TCP only; TLS, WebSocket and QUIC are future work.
+//! # Large runs
+//!
+//! The bench prints its limits (open files per process, ephemeral ports per source address ×
+//! addresses) and the largest run they allow before it starts. Above 15,000 connections it splits
+//! the run over worker processes (re-executions of this binary), each with its share of clients
+//! and source addresses; their reports are merged into one result.
 
 #![warn(missing_docs)]
 
@@ -38,3 +48,5 @@ pub mod report;
 pub mod runner;
 pub mod scenario;
 pub mod seq;
+pub mod share;
+pub mod workers;

@@ -41,6 +41,20 @@ fn write_outputs(cmd: &ScenarioCmd, r: &RunResult, suffix: &str) -> anyhow::Resu
 }
 
 async fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
+    // A worker of a split run (started by `runner::run` itself): run the share, report, exit.
+    let scenario = match &cli.command {
+        Command::Run(cmd) => cmd,
+        Command::Compare(c) => &c.scenario,
+    };
+    if scenario.common().worker.is_some() {
+        return Ok(match runner::run_worker(scenario.common(), |prefix| scenario.plan(prefix)).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("ironhub-bench worker: {e}");
+                ExitCode::from(2)
+            }
+        });
+    }
     match cli.command {
         Command::Run(cmd) => {
             let r = match run_one(&cmd).await {

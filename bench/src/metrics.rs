@@ -78,6 +78,8 @@ pub struct Metrics {
     latency: Vec<Mutex<LatencyShard>>,
     connect: Mutex<Histogram<u64>>,
     errors: Mutex<BTreeMap<String, u64>>,
+    /// The first message of each error kind.
+    examples: Mutex<BTreeMap<String, String>>,
 }
 
 impl Default for Metrics {
@@ -89,6 +91,7 @@ impl Default for Metrics {
                 .collect(),
             connect: Mutex::new(new_histogram()),
             errors: Mutex::new(BTreeMap::new()),
+            examples: Mutex::new(BTreeMap::new()),
         }
     }
 }
@@ -110,6 +113,17 @@ impl Metrics {
     pub fn record_error(&self, kind: &str) {
         Live::add(&self.live.errors, 1);
         *self.errors.lock().entry(kind.to_string()).or_insert(0) += 1;
+    }
+
+    /// Counts one error of kind `kind`, keeping `detail` if it is the first of its kind.
+    pub fn record_error_detail(&self, kind: &str, detail: &str) {
+        self.record_error(kind);
+        self.examples.lock().entry(kind.to_string()).or_insert_with(|| detail.to_string());
+    }
+
+    /// The first message of each error kind.
+    pub fn error_examples(&self) -> BTreeMap<String, String> {
+        self.examples.lock().clone()
     }
 
     /// The latency histogram of the whole run so far (all shards merged).

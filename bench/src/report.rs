@@ -6,11 +6,11 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::cli::{Protocol, Qos};
+use crate::cli::{Protocol, Qos, Transport};
 use crate::metrics::Percentiles;
 
 /// One second of the run.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct Sample {
     /// Seconds since the run started.
     pub t_s: f64,
@@ -78,6 +78,32 @@ impl CpuUse {
     }
 }
 
+/// Resident memory of one broker process: before the run and once every client was connected.
+#[derive(Debug, Clone, Serialize)]
+pub struct RssUse {
+    /// Process id.
+    pub pid: u32,
+    /// VmRSS before the first connect, KiB.
+    pub before_kib: Option<u64>,
+    /// VmRSS once every client was connected (and subscribed), KiB.
+    pub connected_kib: Option<u64>,
+    /// (connected − before) / connections, bytes.
+    pub bytes_per_connection: Option<f64>,
+}
+
+impl RssUse {
+    /// The figures for `pid` with `connections` connections open at the second reading.
+    pub fn new(pid: u32, before_kib: Option<u64>, connected_kib: Option<u64>, connections: u64) -> Self {
+        let bytes_per_connection = match (before_kib, connected_kib) {
+            (Some(a), Some(b)) if connections > 0 => {
+                Some((b as f64 - a as f64) * 1024.0 / connections as f64)
+            }
+            _ => None,
+        };
+        RssUse { pid, before_kib, connected_kib, bytes_per_connection }
+    }
+}
+
 /// The result of one run (also the JSON written by `--out`).
 #[derive(Debug, Clone, Serialize)]
 pub struct RunResult {
@@ -85,6 +111,8 @@ pub struct RunResult {
     pub scenario: String,
     /// HOST:PORT.
     pub broker: String,
+    /// Transport.
+    pub transport: Transport,
     /// MQTT version.
     pub protocol: Protocol,
     /// QoS.
@@ -99,9 +127,13 @@ pub struct RunResult {
     pub subscribers: usize,
     /// Target rate per publisher, messages/s (0 = unlimited).
     pub rate_per_publisher: f64,
+    /// Processes the run was split over.
+    pub workers: usize,
+    /// Source addresses (`--ifaddr`).
+    pub source_addresses: Vec<std::net::IpAddr>,
     /// The process's soft open-file limit.
     pub fd_limit: u64,
-    /// The most connections this process may open.
+    /// The most connections the limits allow with this many processes.
     pub max_connections: u64,
     /// Seconds from the start signal until every publisher stopped.
     pub publish_s: f64,
@@ -139,8 +171,12 @@ pub struct RunResult {
     pub connect_latency: Percentiles,
     /// Errors by kind.
     pub errors: BTreeMap<String, u64>,
+    /// The first message of each error kind.
+    pub error_examples: BTreeMap<String, String>,
     /// CPU used.
     pub cpu: CpuUse,
+    /// Resident memory of each `--broker-pid`.
+    pub broker_rss: Vec<RssUse>,
     /// One sample per second.
     pub timeline: Vec<Sample>,
 }
@@ -176,10 +212,23 @@ pub fn summary(r: &RunResult) -> String {
         Qos::Q1 => 1,
         Qos::Q2 => 2,
     };
-    row("scenario", format!("{} against {} (MQTT {proto}, QoS {qos})", r.scenario, r.broker));
+    let transport = format!("{:?}", r.transport).to_lowercase();
+    row(
+        "scenario",
+        format!("{} against {} over {transport} (MQTT {proto}, QoS {qos})", r.scenario, r.broker),
+    );
+    let sources = if r.source_addresses.is_empty() {
+        String::new()
+    } else {
+        format!(" from {} source addresses", r.source_addresses.len())
+    };
+    let procs = if r.workers > 1 { format!(" in {} worker processes", r.workers) } else { String::new() };
     row(
         "clients",
-        format!("{} publishers, {} subscribers, {} idle", r.publishers, r.subscribers, r.idle_clients),
+        format!(
+            "{} publishers, {} subscribers, {} idle{sources}{procs}",
+            r.publishers, r.subscribers, r.idle_clients
+        ),
     );
     row(
         "connect",
@@ -214,11 +263,30 @@ pub fn summary(r: &RunResult) -> String {
     for b in &r.cpu.brokers {
         row(&format!("broker pid {} cpu", b.pid), fmt_cpu(b));
     }
+    for m in &r.broker_rss {
+        let kib = |k: Option<u64>| k.map(|k| format!("{:.1} MiB", k as f64 / 1024.0)).unwrap_or("?".into());
+        let per = m
+            .bytes_per_connection
+            .map(|b| format!(" = {:.1} KiB per connection", b / 1024.0))
+            .unwrap_or_default();
+        row(
+            &format!("broker pid {} rss", m.pid),
+            format!(
+                "{} before, {} with {} connected{per}",
+                kib(m.before_kib),
+                kib(m.connected_kib),
+                r.connected
+            ),
+        );
+    }
     if r.errors.is_empty() {
         row("errors", "none".into());
     } else {
         let e: Vec<String> = r.errors.iter().map(|(k, v)| format!("{k}={v}")).collect();
         row("errors", e.join(" "));
+        for (k, d) in &r.error_examples {
+            row(&format!("  first {k}"), d.clone());
+        }
     }
     out
 }

@@ -1,8 +1,11 @@
-//! Runs short p2p and fan-out scenarios against a real mosquitto on a free loopback port.
+//! Runs short p2p and fan-out scenarios against a real mosquitto on free loopback ports: over TCP,
+//! over WebSocket, and split over two worker processes connecting from two source addresses.
 //! Skipped (with a message) when the mosquitto binary is not installed.
 
-use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::net::TcpStream;
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -10,6 +13,7 @@ use std::time::{Duration, Instant};
 struct Mosquitto {
     child: Child,
     port: u16,
+    ws_port: u16,
     _dir: tempfile::TempDir,
 }
 
@@ -34,53 +38,27 @@ fn start_mosquitto() -> Option<Mosquitto> {
         return None;
     };
     let dir = tempfile::tempdir().ok()?;
-    let port = TcpListener::bind("127.0.0.1:0").ok()?.local_addr().ok()?.port();
+    let (port, ws_port) = (common::free_port(), common::free_port());
     let conf = dir.path().join("mosquitto.conf");
-    std::fs::write(&conf, format!("listener {port} 127.0.0.1\nallow_anonymous true\n")).ok()?;
+    std::fs::write(
+        &conf,
+        format!(
+            "listener {port} 127.0.0.1\nallow_anonymous true\n\
+             listener {ws_port} 127.0.0.1\nprotocol websockets\nallow_anonymous true\n"
+        ),
+    )
+    .ok()?;
     let child =
         Command::new(bin).arg("-c").arg(&conf).stdout(Stdio::null()).stderr(Stdio::null()).spawn().ok()?;
-    let m = Mosquitto { child, port, _dir: dir };
+    let m = Mosquitto { child, port, ws_port, _dir: dir };
     let until = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+    while TcpStream::connect(("127.0.0.1", port)).is_err()
+        || TcpStream::connect(("127.0.0.1", ws_port)).is_err()
+    {
         assert!(Instant::now() < until, "mosquitto did not listen on port {port} within 10 s");
         std::thread::sleep(Duration::from_millis(50));
     }
     Some(m)
-}
-
-fn run_bench(args: &[&str], out: &Path) -> serde_json::Value {
-    let status = Command::new(env!("CARGO_BIN_EXE_ironhub-bench"))
-        .args(args)
-        .arg("--out")
-        .arg(out)
-        .arg("--quiet")
-        .status()
-        .expect("run ironhub-bench");
-    assert!(status.success(), "ironhub-bench {args:?} failed: {status}");
-    let text = std::fs::read_to_string(out).expect("result file");
-    serde_json::from_str(&text).expect("result JSON")
-}
-
-fn u(v: &serde_json::Value, k: &str) -> u64 {
-    v[k].as_u64().unwrap_or_else(|| panic!("{k} missing in {v}"))
-}
-
-fn assert_clean_run(r: &serde_json::Value, publishers: u64, subscribers: u64, receivers_per_msg: u64) {
-    let sent = u(r, "sent");
-    assert!(sent >= publishers * 20, "too few messages sent: {sent}");
-    assert_eq!(u(r, "acked"), sent, "every QoS 1 publish acknowledged");
-    assert_eq!(u(r, "expected"), sent * receivers_per_msg);
-    assert_eq!(u(r, "received"), u(r, "expected"), "every message received");
-    assert_eq!((u(r, "lost"), u(r, "duplicated"), u(r, "out_of_order")), (0, 0, 0));
-    assert_eq!(u(r, "connected"), publishers + subscribers);
-    assert_eq!(r["errors"].as_object().map(|e| e.len()), Some(0), "errors: {}", r["errors"]);
-    let lat = &r["latency"];
-    assert_eq!(u(lat, "count"), u(r, "received"));
-    let (p50, p99, max) = (u(lat, "p50_us"), u(lat, "p99_us"), u(lat, "max_us"));
-    assert!(p50 > 0 && p50 <= p99 && p99 <= max, "latency order: {lat}");
-    assert!(max < 5_000_000, "latency above 5 s on loopback: {lat}");
-    assert!(r["out_per_s"].as_f64().unwrap_or(0.0) > 0.0);
-    assert!(!r["timeline"].as_array().map(Vec::is_empty).unwrap_or(true), "timeline recorded");
 }
 
 #[test]
@@ -90,14 +68,14 @@ fn p2p_and_fan_out_lose_nothing_against_mosquitto() {
     let port = m.port.to_string();
 
     let out = dir.path().join("p2p.json");
-    let r = run_bench(
+    let r = common::run_bench(
         &["p2p", "--port", &port, "--pairs", "3", "--duration", "2", "--rate", "50", "--qos", "1"],
         &out,
     );
-    assert_clean_run(&r, 3, 3, 1);
+    common::assert_clean_run(&r, 3, 3, 1, 5_000_000);
 
     let out = dir.path().join("fanout.json");
-    let r = run_bench(
+    let r = common::run_bench(
         &[
             "fan-out",
             "--port",
@@ -115,5 +93,40 @@ fn p2p_and_fan_out_lose_nothing_against_mosquitto() {
         ],
         &out,
     );
-    assert_clean_run(&r, 1, 3, 3);
+    common::assert_clean_run(&r, 1, 3, 3, 5_000_000);
+
+    // Two worker processes (publishers of one deliver to subscribers of the other), from two
+    // source addresses, QoS 2, merged into one result.
+    let out = dir.path().join("workers.json");
+    let r = common::run_bench(
+        &[
+            "p2p",
+            "--port",
+            &port,
+            "--pairs",
+            "4",
+            "--duration",
+            "2",
+            "--rate",
+            "20",
+            "--qos",
+            "2",
+            "--workers",
+            "2",
+            "--ifaddr",
+            "127.0.0.1,127.0.0.2",
+        ],
+        &out,
+    );
+    common::assert_clean_run(&r, 4, 4, 1, 5_000_000);
+    assert_eq!(common::u(&r, "workers"), 2);
+
+    // WebSocket.
+    let out = dir.path().join("ws.json");
+    let ws_port = m.ws_port.to_string();
+    let r = common::run_bench(
+        &["p2p", "--port", &ws_port, "--transport", "ws", "--pairs", "2", "--duration", "1", "--rate", "40"],
+        &out,
+    );
+    common::assert_clean_run(&r, 2, 2, 1, 5_000_000);
 }
