@@ -27,6 +27,7 @@ use super::ClientError;
 
 /// Which transport carries MQTT.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Transport {
     /// MQTT over TCP.
     Tcp,
