@@ -9,7 +9,9 @@ use crate::schedule::FaultKind;
 
 /// ironhub-chaos: runs a workload against a three-node ironhub cluster while injecting faults —
 /// kill -9 (a random node or the leader of a group), graceful restart, pause (SIGSTOP/SIGCONT),
-/// network partition, bridge and one-way partitions (netns backend), rolling restart — records what
+/// network partition, bridge and one-way partitions (netns backend), rolling restart, disk full
+/// (tmpfs data dirs), latency and loss (UDP relays, process backend), clock skew (libfaketime), a
+/// follower that lags while the leaders snapshot and purge their logs — records what
 /// every client saw, and checks the history: no acknowledged QoS 1 message lost, persistent
 /// sessions resumed, the last acknowledged retained value kept, every raft group led again after
 /// every fault, and the time to the first successful write. A fixed or seeded random schedule, or a
@@ -42,9 +44,10 @@ pub enum Command {
 /// Which backend runs the cluster.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum BackendKind {
-    /// Three local processes on loopback: kill, restart, pause, rolling restart (no network faults).
+    /// Three local processes on loopback: kill, restart, pause, rolling restart, disk full, latency,
+    /// clock skew, snapshot lag (no network cuts).
     Process,
-    /// Each node in its own network namespace (root): adds partition, bridge and one-way.
+    /// Each node in its own network namespace (root): adds partition, bridge and one-way (no latency).
     Netns,
 }
 
@@ -81,7 +84,8 @@ pub struct RunArgs {
     #[arg(long, value_enum)]
     pub schedule: Option<ScheduleMode>,
     /// Fault kinds for fixed and random schedules, comma separated: kill, restart, pause,
-    /// partition, bridge, one-way, rolling-restart (default: all the backend supports).
+    /// partition, bridge, one-way, rolling-restart, disk-full, latency, clock-skew, snapshot-lag
+    /// (default: all the backend supports here).
     #[arg(long, value_delimiter = ',')]
     pub faults: Option<Vec<FaultKind>>,
     /// Seconds of fault injection; the run then heals, drains, checks and stops.

@@ -145,6 +145,22 @@ pub enum Op {
         node: u64,
         /// Counter value.
         total: u64,
+        /// The part of it with `reason="expired"` (absent in histories written before it was kept).
+        #[serde(default)]
+        expired: u64,
+    },
+    /// What a fault did beyond the cluster recovering: a node's exit on a full disk, a restart it
+    /// needed, a skew that took effect, a lagging node's catch-up by snapshot. `failed` findings
+    /// fail the liveness checker.
+    Finding {
+        /// Step index.
+        step: usize,
+        /// The node concerned.
+        node: u64,
+        /// What was seen.
+        what: String,
+        /// Whether it breaks a guarantee.
+        failed: bool,
     },
 }
 

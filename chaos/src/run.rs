@@ -10,14 +10,16 @@ use anyhow::{bail, Context};
 
 use crate::api::Api;
 use crate::backend::netns::NetnsBackend;
+use crate::backend::process::faketime_lib;
 use crate::backend::process::ProcessBackend;
-use crate::backend::{Backend, NodeEndpoints};
+use crate::backend::relay::Rules;
+use crate::backend::{disk, Backend, ClusterOptions, NodeEndpoints};
 use crate::check::{self, Verdict};
 use crate::cli::{BackendKind, RunArgs, WorkloadKind};
 use crate::history::{self, Kind, Op, Recorder};
 use crate::nemesis::{self, Nemesis, SharedBackend, FINAL};
 use crate::report::{self, Results};
-use crate::scenario::{Scenario, ScheduleMode, Workload};
+use crate::scenario::{ClusterSection, Scenario, ScheduleMode, Workload};
 use crate::schedule::{self, FaultKind, Step};
 use crate::workload::queue::{self, Progress, QueueConfig};
 use crate::workload::{metrics, retained, Stop};
@@ -67,11 +69,42 @@ pub struct Plan {
     pub recovery_timeout: Duration,
     /// Drain timeout.
     pub drain_timeout: Duration,
+    /// Node set-up (tmpfs data dirs, relays, snapshot settings).
+    pub cluster: ClusterOptions,
 }
 
-/// Kinds the backend can inject (network faults need netns).
+/// Kinds the backend can inject here, the default of `--faults`: network cuts need netns, latency
+/// needs the process backend's relays, disk full needs root (tmpfs), clock skew libfaketime.
 fn backend_kinds(b: BackendKind) -> Vec<FaultKind> {
-    FaultKind::ALL.into_iter().filter(|k| b == BackendKind::Netns || !k.is_network()).collect()
+    FaultKind::ALL
+        .into_iter()
+        .filter(|k| match k {
+            k if k.is_network() => b == BackendKind::Netns,
+            FaultKind::Latency => b == BackendKind::Process,
+            FaultKind::DiskFull => disk::is_root(),
+            FaultKind::ClockSkew => faketime_lib().is_some(),
+            _ => true,
+        })
+        .collect()
+}
+
+/// Tmpfs size (MiB) when a schedule has disk-full steps and the scenario names none.
+pub const DEFAULT_DISK_MB: u64 = 64;
+/// `[raft] snapshot_every` / `keep_behind_snapshot` when a schedule has snapshot-lag steps: small
+/// enough that a few seconds of the default workload make the leaders snapshot and purge.
+pub const LAG_SNAPSHOT: (u64, u64) = (100, 20);
+
+/// The node set-up a schedule needs: only the faults in it change how the nodes start, so runs
+/// without them start the nodes exactly as before. The scenario's `[cluster]` keys win.
+pub fn cluster_options(steps: &[Step], backend: BackendKind, c: &ClusterSection) -> ClusterOptions {
+    let has = |k: FaultKind| steps.iter().any(|s| s.fault == k);
+    let lag = has(FaultKind::SnapshotLag);
+    ClusterOptions {
+        disk_mb: c.disk_mb.or(has(FaultKind::DiskFull).then_some(DEFAULT_DISK_MB)),
+        relays: backend == BackendKind::Process && c.relays.unwrap_or(has(FaultKind::Latency)),
+        snapshot_every: c.snapshot_every.or(lag.then_some(LAG_SNAPSHOT.0)),
+        keep_behind_snapshot: c.keep_behind_snapshot.or(lag.then_some(LAG_SNAPSHOT.1)),
+    }
 }
 
 /// Merges the scenario and the flags; errors are [`Usage`].
@@ -135,6 +168,8 @@ pub fn plan(a: &RunArgs) -> anyhow::Result<Plan> {
         return usage("the schedule is empty: the fixed rotation has none of the given --faults");
     }
     let name = sc.as_ref().map_or_else(|| format!("{mode:?}").to_lowercase(), |s| s.name.clone());
+    let cluster =
+        cluster_options(&steps, a.backend, &sc.as_ref().map(|s| s.cluster.clone()).unwrap_or_default());
     Ok(Plan {
         name,
         scenario: a.scenario.clone(),
@@ -147,6 +182,7 @@ pub fn plan(a: &RunArgs) -> anyhow::Result<Plan> {
         steps,
         recovery_timeout: Duration::from_secs_f64(a.recovery_timeout),
         drain_timeout: Duration::from_secs_f64(a.drain_timeout),
+        cluster,
     })
 }
 
@@ -239,13 +275,16 @@ pub async fn run(p: Plan, bin: PathBuf, out: PathBuf) -> anyhow::Result<bool> {
     for (i, s) in p.steps.iter().enumerate() {
         println!("  step {:>2}: {s}", i + 1);
     }
+    if p.cluster != ClusterOptions::default() {
+        println!("ironhub-chaos: node set-up for these faults: {:?}", p.cluster);
+    }
     let backend: Box<dyn Backend> = match p.backend {
-        BackendKind::Process => {
-            Box::new(ProcessBackend::new(&bin, &out, NODES).map_err(|e| Usage(format!("{e:#}")))?)
-        }
-        BackendKind::Netns => {
-            Box::new(NetnsBackend::new(&bin, &out, NODES).map_err(|e| Usage(format!("{e:#}")))?)
-        }
+        BackendKind::Process => Box::new(
+            ProcessBackend::new(&bin, &out, NODES, p.cluster.clone()).map_err(|e| Usage(format!("{e:#}")))?,
+        ),
+        BackendKind::Netns => Box::new(
+            NetnsBackend::new(&bin, &out, NODES, p.cluster.clone()).map_err(|e| Usage(format!("{e:#}")))?,
+        ),
     };
     let shared: SharedBackend = Arc::new(Mutex::new(backend));
     let guard = ClusterGuard(shared.clone());
@@ -354,10 +393,14 @@ pub async fn run(p: Plan, bin: PathBuf, out: PathBuf) -> anyhow::Result<bool> {
     let nem_result = nem.run(&p.steps, deadline, &fault_stop).await;
     if let Err(e) = &nem_result {
         eprintln!("ironhub-chaos: the nemesis stopped: {e:#}");
-        // Heal whatever may be left: resume and start every node, reconnect the network.
+        // Heal whatever may be left: resume and start every node, reconnect the network, clear
+        // the relays, free the disks (a node left with a skewed clock keeps it until the end).
         let _ = nemesis::with_backend(&shared, |b| {
             let _ = b.heal_network();
+            let _ = b.impair(Rules::default());
             for n in b.nodes() {
+                let _ = b.free_disk(n.id);
+                let _ = b.set_clock_skew(n.id, None);
                 if !b.is_alive(n.id) {
                     let _ = b.start(n.id);
                 } else {

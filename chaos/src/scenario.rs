@@ -17,11 +17,23 @@
 //! retained_keys = 8
 //! retained_rate = 10        # writes/s
 //!
+//! [cluster]                 # optional; each key defaults to what the schedule's faults need
+//! disk_mb = 64              # data dirs on a tmpfs of this size (default: 64 with disk-full steps)
+//! relays = true             # UDP relays before the cluster ports (default: with latency steps)
+//! snapshot_every = 100      # [raft] of the nodes (default: 100 / 20 with snapshot-lag steps)
+//! keep_behind_snapshot = 20
+//!
 //! [[step]]
 //! fault = "kill"
 //! target = "leader:0"       # random | leader:GROUP | node:ID
 //! hold_s = 3
 //! gap_s = 8
+//!
+//! [[step]]
+//! fault = "latency"         # also: delay_ms, jitter_ms, loss_pct, peer (one link)
+//! target = "node:2"
+//! delay_ms = 100
+//! loss_pct = 5
 //! ```
 //!
 //! Unknown keys are errors (a typo never silently changes a run).
@@ -125,6 +137,21 @@ impl Workload {
     }
 }
 
+/// The `[cluster]` section: how the nodes are set up for the faults that need it. Absent keys
+/// follow the schedule (see [`crate::run::cluster_options`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSection {
+    /// Data dirs on a tmpfs of this many MiB.
+    pub disk_mb: Option<u64>,
+    /// UDP relays in front of the cluster ports.
+    pub relays: Option<bool>,
+    /// `[raft] snapshot_every` of the nodes.
+    pub snapshot_every: Option<u64>,
+    /// `[raft] keep_behind_snapshot` of the nodes.
+    pub keep_behind_snapshot: Option<u64>,
+}
+
 /// A parsed scenario file.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -151,6 +178,9 @@ pub struct Scenario {
     /// The steps of a `steps` schedule.
     #[serde(default, rename = "step")]
     pub steps: Vec<Step>,
+    /// Node set-up for the faults that need it.
+    #[serde(default)]
+    pub cluster: ClusterSection,
 }
 
 impl Scenario {
@@ -167,8 +197,17 @@ impl Scenario {
             if !(st.hold_s >= 0.0 && st.hold_s <= 3600.0 && st.gap_s >= 0.0 && st.gap_s <= 3600.0) {
                 bail!("{origin}: step {} hold_s/gap_s must be within 0..=3600 seconds", i + 1);
             }
+            if let Err(e) = st.validate() {
+                bail!("{origin}: step {}: {e}", i + 1);
+            }
         }
         s.workload.validate().with_context(|| origin.to_string())?;
+        if s.cluster.disk_mb.is_some_and(|m| !(16..=65_536).contains(&m)) {
+            bail!("{origin}: cluster.disk_mb must be 16..=65536 MiB");
+        }
+        if s.cluster.snapshot_every == Some(0) {
+            bail!("{origin}: cluster.snapshot_every must be at least 1");
+        }
         Ok(s)
     }
 
@@ -216,8 +255,8 @@ target = "node:3"
         assert_eq!(
             s.steps,
             vec![
-                Step { fault: FaultKind::Kill, target: Target::Leader(0), hold_s: 2.0, gap_s: 8.0 },
-                Step { fault: FaultKind::Pause, target: Target::Node(3), hold_s: 4.0, gap_s: 8.0 },
+                Step::new(FaultKind::Kill, Target::Leader(0), 2.0, 8.0),
+                Step::new(FaultKind::Pause, Target::Node(3), 4.0, 8.0),
             ]
         );
     }
@@ -233,10 +272,82 @@ target = "node:3"
         assert!(format!("{qos:#}").contains("qos"), "{qos:#}");
         let qos2 = Scenario::parse("name='x'\nduration_s=10\n[workload]\nqos=2\n", "x.toml").unwrap_err();
         assert!(format!("{qos2:#}").contains("PUBREL"), "{qos2:#}");
+        let misplaced =
+            Scenario::parse("name='x'\nduration_s=10\n[[step]]\nfault='kill'\nloss_pct=5\n", "x.toml")
+                .unwrap_err();
+        assert!(format!("{misplaced:#}").contains("belong to `latency`"), "{misplaced:#}");
+        let loss =
+            Scenario::parse("name='x'\nduration_s=10\n[[step]]\nfault='latency'\nloss_pct=150\n", "x.toml")
+                .unwrap_err();
+        assert!(format!("{loss:#}").contains("loss_pct"), "{loss:#}");
+        let disk = Scenario::parse("name='x'\nduration_s=10\n[cluster]\ndisk_mb=1\n", "x.toml").unwrap_err();
+        assert!(format!("{disk:#}").contains("disk_mb"), "{disk:#}");
         let window =
             Scenario::parse("name='x'\nduration_s=10\n[workload]\nwindow=150\n", "x.toml").unwrap_err();
         assert!(format!("{window:#}").contains("150"), "{window:#}");
         assert!(Scenario::parse("name='x'\nduration_s=-1\n", "x.toml").is_err());
+    }
+
+    #[test]
+    fn parses_the_new_faults_and_their_parameters() {
+        let s = Scenario::parse(
+            r#"
+name = "t"
+duration_s = 60
+[cluster]
+disk_mb = 32
+snapshot_every = 50
+[[step]]
+fault = "latency"
+target = "node:1"
+delay_ms = 200
+jitter_ms = 40
+loss_pct = 10
+peer = 2
+[[step]]
+fault = "latency"
+target = "leader:0"
+[[step]]
+fault = "clock-skew"
+target = "node:3"
+skew_s = -90000
+[[step]]
+fault = "disk-full"
+target = "node:2"
+[[step]]
+fault = "snapshot-lag"
+target = "node:1"
+hold_s = 20
+"#,
+            "t.toml",
+        )
+        .unwrap();
+        assert_eq!(
+            s.cluster,
+            ClusterSection { disk_mb: Some(32), snapshot_every: Some(50), ..Default::default() }
+        );
+        let i = s.steps[0].impairment();
+        assert_eq!((i.delay_ms, i.jitter_ms, i.loss_pct, s.steps[0].peer), (200, 40, 10.0, Some(2)));
+        let d = s.steps[1].impairment();
+        assert_eq!((d.delay_ms, d.jitter_ms, d.loss_pct), (50, 12, 5.0), "defaults");
+        assert_eq!(s.steps[2].skew(), -90_000);
+        assert_eq!(
+            s.steps.iter().map(|x| x.fault).collect::<Vec<_>>(),
+            vec![
+                FaultKind::Latency,
+                FaultKind::Latency,
+                FaultKind::ClockSkew,
+                FaultKind::DiskFull,
+                FaultKind::SnapshotLag
+            ]
+        );
+        assert!(s.steps[0].to_string().contains("link to node 2"), "{}", s.steps[0]);
+        let own = Scenario::parse(
+            "name='x'\nduration_s=10\n[[step]]\nfault='latency'\ntarget='node:2'\npeer=2\n",
+            "x.toml",
+        )
+        .unwrap_err();
+        assert!(format!("{own:#}").contains("target itself"), "{own:#}");
     }
 
     #[test]

@@ -5,13 +5,30 @@
 //! [`netns::NetnsBackend`] runs each in its own network namespace so the network can be cut. A
 //! docker backend (the compose cluster) is one more implementation of the same trait.
 
+pub mod disk;
 pub mod netns;
 pub mod process;
+pub mod relay;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::schedule::FaultKind;
+use relay::{RelayStats, Rules};
+
+/// What a run needs from the cluster beyond plain nodes; the run derives it from its schedule, so
+/// runs without the faults that need these start the nodes exactly as before.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClusterOptions {
+    /// Data dirs on a tmpfs of this many MiB each (for `disk-full`; root only).
+    pub disk_mb: Option<u64>,
+    /// UDP relays in front of the cluster ports (for `latency`; process backend only).
+    pub relays: bool,
+    /// `[raft] snapshot_every` for the nodes (for `snapshot-lag`).
+    pub snapshot_every: Option<u64>,
+    /// `[raft] keep_behind_snapshot` for the nodes.
+    pub keep_behind_snapshot: Option<u64>,
+}
 
 /// A node id (1-based, as in `--node-id`).
 pub type NodeId = u64;
@@ -69,4 +86,18 @@ pub trait Backend: Send {
     fn logs(&self) -> Vec<PathBuf>;
     /// Kills every process and removes what the backend set up (also called from `Drop`).
     fn shutdown(&mut self);
+    /// How the node's process ended, if it ended by itself (`exit status: 1`, `signal: 6`).
+    fn exit_status(&mut self, id: NodeId) -> Option<String>;
+    /// Fills the node's data dir (a tmpfs) to the last byte; returns the bytes written.
+    fn fill_disk(&mut self, id: NodeId) -> anyhow::Result<u64>;
+    /// Deletes the filler; returns the bytes freed.
+    fn free_disk(&mut self, id: NodeId) -> anyhow::Result<u64>;
+    /// (used, total) bytes of the node's data dir file system, when it is a tmpfs of ours.
+    fn disk_usage(&self, id: NodeId) -> Option<(u64, u64)>;
+    /// Replaces the impairments of the relays (an empty [`Rules`] clears them).
+    fn impair(&mut self, rules: Rules) -> anyhow::Result<()>;
+    /// Relay packet counters since the last call (None without relays).
+    fn relay_stats(&mut self) -> Option<RelayStats>;
+    /// The wall-clock skew (s) the node gets at its next start (None: the true time).
+    fn set_clock_skew(&mut self, id: NodeId, skew_s: Option<i64>) -> anyhow::Result<()>;
 }

@@ -11,7 +11,10 @@
 //! Cuts are blackhole routes in the sender's namespace (`ip route add blackhole <peer>/32`): a
 //! directed cut drops the packets one node sends to another, so a partition is two cuts per pair,
 //! a one-way fault cuts only the sending side, a bridge cuts the two non-bridge nodes from each other.
-//! Latency and loss would need `tc netem`; this kernel has no `sch_netem`, so they are not offered.
+//! Latency and loss would need `tc netem` (this kernel has no `sch_netem`) or the process backend's
+//! UDP relays, which cannot sit between namespaces without defeating the blackhole cuts (every peer
+//! would be the relay's address): not offered here. Disk full, clock skew and snapshot lag are the
+//! process backend's (the nodes are its processes, wrapped in `ip netns exec`).
 //! Needs root (or CAP_NET_ADMIN) and `ip` from iproute2.
 
 use std::path::{Path, PathBuf};
@@ -21,7 +24,8 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 
 use super::process::{ClusterSpec, NodeSpec, ProcessBackend};
-use super::{Backend, Cut, NodeEndpoints, NodeId};
+use super::relay::{RelayStats, Rules};
+use super::{Backend, ClusterOptions, Cut, NodeEndpoints, NodeId};
 use crate::schedule::FaultKind;
 
 /// The ports every node uses inside its namespace (in the tool's 23000–23999 range).
@@ -56,7 +60,7 @@ impl NetnsBackend {
 
     /// Creates the bridge, namespaces and veths for `n` nodes; nothing is started yet. Everything
     /// made here is removed by [`Backend::shutdown`] (also on drop).
-    pub fn new(bin: &Path, out: &Path, n: u64) -> anyhow::Result<NetnsBackend> {
+    pub fn new(bin: &Path, out: &Path, n: u64, options: ClusterOptions) -> anyhow::Result<NetnsBackend> {
         Self::available()?;
         let run = format!("{:04x}", rand::random::<u16>());
         let subnet = 1 + rand::random::<u8>() % 250;
@@ -76,6 +80,7 @@ impl NetnsBackend {
                 data_dir: data.path().join(format!("n{id}")),
                 log: out.join("logs").join(format!("node-{id}.log")),
                 wrapper: vec!["ip".into(), "netns".into(), "exec".into(), format!("ihc{run}-n{id}")],
+                relay: MQTT_PORT + 5,
             })
             .collect();
         let spec = ClusterSpec {
@@ -83,6 +88,7 @@ impl NetnsBackend {
             token: format!("chaos-admin-{:016x}", rand::random::<u64>()),
             secret: format!("chaos-secret-{:016x}", rand::random::<u64>()),
             nodes,
+            options: ClusterOptions { relays: false, ..options },
         };
         let procs = ProcessBackend::with_spec(spec, Some(data))?;
         let mut b = NetnsBackend { procs, run, subnet, n, cuts: Vec::new(), set_up: true };
@@ -146,8 +152,14 @@ impl Backend for NetnsBackend {
     fn admin_token(&self) -> String {
         self.procs.admin_token()
     }
-    fn supports(&self, _kind: FaultKind) -> Result<(), String> {
-        Ok(())
+    fn supports(&self, kind: FaultKind) -> Result<(), String> {
+        match kind {
+            FaultKind::Latency => Err(
+                "the netns backend has no latency/loss (no sch_netem in this kernel; the relays are the process backend's): use --backend process".into(),
+            ),
+            k if k.is_network() => Ok(()),
+            k => self.procs.supports(k),
+        }
     }
     fn start(&mut self, id: NodeId) -> anyhow::Result<()> {
         self.procs.start(id)
@@ -197,6 +209,27 @@ impl Backend for NetnsBackend {
     fn logs(&self) -> Vec<PathBuf> {
         self.procs.logs()
     }
+    fn exit_status(&mut self, id: NodeId) -> Option<String> {
+        self.procs.exit_status(id)
+    }
+    fn fill_disk(&mut self, id: NodeId) -> anyhow::Result<u64> {
+        self.procs.fill_disk(id)
+    }
+    fn free_disk(&mut self, id: NodeId) -> anyhow::Result<u64> {
+        self.procs.free_disk(id)
+    }
+    fn disk_usage(&self, id: NodeId) -> Option<(u64, u64)> {
+        self.procs.disk_usage(id)
+    }
+    fn impair(&mut self, rules: Rules) -> anyhow::Result<()> {
+        self.procs.impair(rules)
+    }
+    fn relay_stats(&mut self) -> Option<RelayStats> {
+        None
+    }
+    fn set_clock_skew(&mut self, id: NodeId, skew_s: Option<i64>) -> anyhow::Result<()> {
+        self.procs.set_clock_skew(id, skew_s)
+    }
     fn shutdown(&mut self) {
         self.procs.shutdown();
         if !self.set_up {
@@ -241,7 +274,8 @@ mod tests {
             return;
         }
         let out = tempfile::tempdir().unwrap();
-        let mut b = NetnsBackend::new(Path::new("/bin/true"), out.path(), 2).unwrap();
+        let mut b =
+            NetnsBackend::new(Path::new("/bin/true"), out.path(), 2, ClusterOptions::default()).unwrap();
         let (ns1, ns2) = (b.ns(1), b.ns(2));
         // A listener in each namespace.
         let mut listeners: Vec<std::process::Child> = [(1u64, &ns1), (2, &ns2)]

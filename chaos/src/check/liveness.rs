@@ -1,6 +1,8 @@
 //! Liveness: after every step, and at the end, every raft group of every node was led again by a
 //! live node and every node answered `/healthz` 200, within the recovery timeout (probed by the
-//! nemesis from `/api/v1/cluster`; see [`crate::nemesis::probe`]).
+//! nemesis from `/api/v1/cluster`; see [`crate::nemesis::probe`]). Findings the nemesis marks as
+//! failed (a node that panicked on a full disk, or did not serve again after the space came back; a
+//! lagging node that did not catch up) fail it too.
 
 use super::{CheckResult, Checker};
 use crate::history::{Event, Op};
@@ -22,6 +24,12 @@ impl Checker for LivenessChecker {
             match &e.op {
                 Op::Fault { .. } => faults += 1,
                 Op::Skipped { .. } => skipped += 1,
+                Op::Finding { step, node, what, failed: true } => {
+                    r.fail(format!("step {}, node {node}: {what}", step + 1));
+                }
+                Op::Finding { step, node, what, failed: false } => {
+                    r.detail(format!("step {}, node {node}: {what}", step + 1));
+                }
                 Op::Recovered { step, ms, recovered: ok, detail } => {
                     if *step == FINAL {
                         final_ok = Some(*ok);
@@ -76,6 +84,14 @@ mod tests {
             LivenessChecker.check(&[fault.clone(), rec(0, false), rec(FINAL, true)]).verdict,
             Verdict::Fail
         );
-        assert_eq!(LivenessChecker.check(&[fault, rec(0, true)]).verdict, Verdict::Fail);
+        assert_eq!(LivenessChecker.check(&[fault.clone(), rec(0, true)]).verdict, Verdict::Fail);
+        let finding =
+            |failed| ev(2, "nemesis", Kind::Info, Op::Finding { step: 0, node: 1, what: "x".into(), failed });
+        let noted = LivenessChecker.check(&[fault.clone(), finding(false), rec(0, true), rec(FINAL, true)]);
+        assert_eq!((noted.verdict, noted.details.len()), (Verdict::Pass, 1));
+        assert_eq!(
+            LivenessChecker.check(&[fault, finding(true), rec(0, true), rec(FINAL, true)]).verdict,
+            Verdict::Fail
+        );
     }
 }

@@ -10,12 +10,12 @@ use crate::history::{Kind, Op, Recorder};
 use crate::workload::Stop;
 
 /// One pass over the nodes; unreachable nodes are skipped.
-pub async fn sample(api: &Api, nodes: &[NodeEndpoints], rec: &Recorder, last: &mut HashMap<u64, u64>) {
+pub async fn sample(api: &Api, nodes: &[NodeEndpoints], rec: &Recorder, last: &mut HashMap<u64, (u64, u64)>) {
     for n in nodes {
         if let Ok(v) = api.queue_dropped(&n.api).await {
             if last.get(&n.id) != Some(&v) {
                 last.insert(n.id, v);
-                rec.record("metrics", Kind::Info, Op::Dropped { node: n.id, total: v });
+                rec.record("metrics", Kind::Info, Op::Dropped { node: n.id, total: v.0, expired: v.1 });
             }
         }
     }

@@ -6,6 +6,12 @@
 //! probe liveness and record [`Op::Recovered`]; then stay quiet for the step's gap. On the stop
 //! signal (duration reached, Ctrl-C) the fault in progress is healed before returning. A cluster
 //! that does not recover ends the schedule early (the liveness checker fails the run).
+//!
+//! The faults that need more than a signal or a cut — disk full, latency, clock skew, snapshot
+//! lag — are in [`faults`]: what they inject, how they heal, and what they check afterwards (a
+//! node that panicked, a node that did not catch up) as [`Op::Finding`]s.
+
+mod faults;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -115,6 +121,29 @@ enum Active {
     Down(NodeId),
     Paused(NodeId),
     Cut,
+    /// The node's data dir is full; `log_from` is its log's length at the fault.
+    Disk {
+        node: NodeId,
+        log_from: u64,
+    },
+    /// The relays delay and drop this node's (or link's) packets.
+    Impaired,
+    /// The node runs with a skewed wall clock.
+    Skewed(NodeId),
+    /// The node is paused while the leaders snapshot past it.
+    Lagging(faults::Lag),
+}
+
+/// What to check once the cluster is led again after a heal.
+enum After {
+    Nothing,
+    /// The node had a full disk: no panic since `log_from`, and it is still running.
+    Disk {
+        node: NodeId,
+        log_from: u64,
+    },
+    /// The node lagged: it must catch up with the leaders.
+    CatchUp(faults::Lag),
 }
 
 impl Nemesis {
@@ -183,6 +212,7 @@ impl Nemesis {
                 continue;
             }
             let up_after = self.ids();
+            let mut after = After::Nothing;
             if step.fault == FaultKind::RollingRestart {
                 if !self.rolling_restart(i, stop).await? {
                     return Ok(false);
@@ -190,13 +220,15 @@ impl Nemesis {
             } else {
                 let (n, who) = self.resolve(step.target).await;
                 let t0 = Instant::now();
-                let active = self.inject(i, step.fault, n, &who).await?;
+                let mut active = self.inject(i, step, n, &who).await?;
                 eprintln!("ironhub-chaos: step {}: {} {who} for {}s", i + 1, step.fault, step.hold_s);
                 let hold = Duration::from_secs_f64(step.hold_s);
                 // While the fault holds: how long until the nodes not hit lead every group among
                 // themselves (guarantee: a dead leader's groups accept writes again within 3 s).
                 let spared: Vec<NodeId> = self.ids().into_iter().filter(|x| *x != n).collect();
-                if step.fault == FaultKind::Bridge {
+                // The failover probe means nothing when the target stays a full member (its groups
+                // need not move): a bridge, latency, a node already restarted with a skewed clock.
+                if matches!(step.fault, FaultKind::Bridge | FaultKind::Latency | FaultKind::ClockSkew) {
                     stop.sleep(hold).await;
                 } else {
                     let probe = async {
@@ -213,7 +245,10 @@ impl Nemesis {
                         );
                     }
                 }
-                self.heal(i, active).await?;
+                if let Active::Lagging(lag) = &mut active {
+                    self.hold_until_purged(i, lag, hold, stop).await;
+                }
+                after = self.heal(i, active).await?;
             }
             let (ms, ok, detail) = wait_live(&self.api, &self.nodes, &up_after, self.recovery_timeout).await;
             self.rec.record(
@@ -230,6 +265,7 @@ impl Nemesis {
                 return Ok(false);
             }
             eprintln!("ironhub-chaos: step {}: every group led again after {ms} ms", i + 1);
+            self.after_recovery(i, after).await;
             if stop.sleep(Duration::from_secs_f64(step.gap_s)).await {
                 break;
             }
@@ -239,7 +275,11 @@ impl Nemesis {
 
     /// Records the fault, then injects it (recording first, so what the fault causes while it is
     /// being injected — a graceful stop takes a while — falls after the fault in the history).
-    async fn inject(&mut self, i: usize, kind: FaultKind, n: NodeId, who: &str) -> anyhow::Result<Active> {
+    async fn inject(&mut self, i: usize, step: &Step, n: NodeId, who: &str) -> anyhow::Result<Active> {
+        let kind = step.fault;
+        if let Some(a) = self.inject_more(i, step, n, who).await? {
+            return Ok(a);
+        }
         let others: Vec<NodeId> = self.ids().into_iter().filter(|x| *x != n).collect();
         let (desc, nodes, cuts) = match kind {
             FaultKind::Kill => (format!("kill -9 {who}"), vec![n], Vec::new()),
@@ -263,6 +303,7 @@ impl Nemesis {
                 (format!("bridge: {who} is the only link between {others:?}"), others.clone(), cuts)
             }
             FaultKind::RollingRestart => unreachable!("handled by rolling_restart"),
+            _ => unreachable!("handled by inject_more"),
         };
         self.rec.record("nemesis", Kind::Info, Op::Fault { step: i, desc, nodes });
         Ok(match kind {
@@ -290,7 +331,8 @@ impl Nemesis {
         })
     }
 
-    async fn heal(&mut self, i: usize, active: Active) -> anyhow::Result<()> {
+    async fn heal(&mut self, i: usize, active: Active) -> anyhow::Result<After> {
+        let mut after = After::Nothing;
         let desc = match active {
             Active::Down(n) => {
                 with_backend(&self.backend, move |b| b.start(n))
@@ -306,9 +348,21 @@ impl Nemesis {
                 with_backend(&self.backend, |b| b.heal_network()).await?;
                 "network healed".to_string()
             }
+            Active::Disk { node, log_from } => {
+                after = After::Disk { node, log_from };
+                self.heal_disk(i, node, log_from).await?
+            }
+            Active::Impaired => self.heal_latency().await?,
+            Active::Skewed(n) => self.heal_skew(n).await?,
+            Active::Lagging(lag) => {
+                let n = lag.node;
+                with_backend(&self.backend, move |b| b.resume(n)).await?;
+                after = After::CatchUp(lag);
+                format!("SIGCONT node {n}")
+            }
         };
         self.rec.record("nemesis", Kind::Info, Op::Heal { step: i, desc });
-        Ok(())
+        Ok(after)
     }
 
     async fn rolling_restart(&mut self, i: usize, stop: &Stop) -> anyhow::Result<bool> {
