@@ -123,7 +123,12 @@ pub async fn serve(mut cfg: Config) -> anyhow::Result<()> {
     start_listeners(&cfg, &broker).await?;
 
     tracing::info!(%api_addr, "API listening");
-    let state = Arc::new(ApiState { node: node.clone(), admin_token: token, registry });
+    let state = Arc::new(ApiState {
+        node: node.clone(),
+        admin_token: token,
+        registry,
+        max_topic_len: cfg.mqtt.max_topic_len,
+    });
     let http = {
         let shutdown = shutdown.clone();
         tokio::spawn(async move {

@@ -449,3 +449,260 @@ for name, (t, p, tls) in {{"tls": ("tcp", {mqtts}, True), "ws": ("websockets", {
         "{packets:?}"
     );
 }
+
+/// A clean CONNECT (MQTT 3.1.1 or 5) as raw bytes.
+fn connect_packet(client: &str, v5: bool) -> Vec<u8> {
+    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', if v5 { 5 } else { 4 }, 0x02, 0, 60];
+    if v5 {
+        body.push(0); // no properties
+    }
+    body.extend((client.len() as u16).to_be_bytes());
+    body.extend(client.as_bytes());
+    let mut p = vec![0x10, body.len() as u8];
+    p.extend(body);
+    p
+}
+
+/// Connects with a raw CONNECT; returns the stream and the CONNACK's return (3.x) or reason (5) code.
+async fn connack(port: u16, client: &str, v5: bool) -> (tokio::net::TcpStream, u8) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
+    s.write_all(&connect_packet(client, v5)).await.expect("send CONNECT");
+    let mut head = [0u8; 2];
+    s.read_exact(&mut head).await.expect("CONNACK header");
+    assert_eq!(head[0], 0x20, "not a CONNACK");
+    let mut body = vec![0u8; head[1] as usize];
+    s.read_exact(&mut body).await.expect("CONNACK body");
+    (s, body[1])
+}
+
+async fn metrics_text(node: &common::Node) -> String {
+    let r = common::client().get(node.url("/metrics")).send().await.expect("GET /metrics");
+    r.text().await.expect("metrics body")
+}
+
+/// Waits until the node counts `n` open MQTT connections.
+async fn wait_connections(node: &common::Node, n: u64) {
+    let until = Instant::now() + Duration::from_secs(10);
+    while sample(&metrics_text(node).await, "ironhub_mqtt_connections") != Some(n as f64) {
+        assert!(Instant::now() < until, "the node does not count {n} connections");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The value of one sample line (`name{labels} value`) in a Prometheus text page.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// Per-client connection rate and per-node connection limit refuse with the right codes (5 and
+/// 3.1.1), queue overflow drops the oldest, and every metric family docs/mqtt.md lists is exported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_refuse_with_the_right_codes_and_every_metric_is_exported() {
+    let mut c = Cluster::new(1);
+    let config = c.dir.path().join("ironhub.toml");
+    std::fs::write(&config, "[mqtt]\nconnect_rate_per_min = 2\nmax_connections = 3\nmax_queue = 5\n")
+        .expect("config");
+    c.node(1).extra = vec!["--config".into(), config.display().to_string()];
+    c.start_all();
+    assert!(wait_healthy(c.node(1), Duration::from_secs(30)).await, "not healthy:\n{}", c.logs());
+    let port = c.node(1).mqtt_port;
+
+    // The third connection attempt of one client id within a minute is refused.
+    for (id, v5, refused) in [("rate-5", true, 0x9F), ("rate-4", false, 3)] {
+        for _ in 0..2 {
+            assert_eq!(connack(port, id, v5).await.1, 0, "{id}: attempt within the rate");
+            wait_connections(c.node(1), 0).await;
+        }
+        assert_eq!(connack(port, id, v5).await.1, refused, "{id}: attempt over the rate");
+        wait_connections(c.node(1), 0).await;
+    }
+
+    // Three held connections fill the node; the fourth is refused.
+    let mut held = Vec::new();
+    for i in 0..3 {
+        let (s, code) = connack(port, &format!("hold-{i}"), true).await;
+        assert_eq!(code, 0);
+        held.push(s);
+    }
+    let text = metrics_text(c.node(1)).await;
+    assert_eq!(sample(&text, "ironhub_mqtt_connections"), Some(3.0), "{text}");
+    assert_eq!(connack(port, "over-5", true).await.1, 0x97, "v5: quota exceeded");
+    assert_eq!(connack(port, "over-4", false).await.1, 3, "3.1.1: server unavailable");
+    // A malformed packet (type 0 is reserved) closes only its connection, counted.
+    {
+        use tokio::io::AsyncWriteExt;
+        held[0].write_all(&[0x00, 0x00]).await.expect("send");
+    }
+    drop(held);
+    let text = metrics_text(c.node(1)).await;
+    assert_eq!(sample(&text, "ironhub_mqtt_connects_total{result=\"rate\"}"), Some(2.0), "{text}");
+    assert_eq!(sample(&text, "ironhub_mqtt_connects_total{result=\"max_connections\"}"), Some(2.0));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // An offline session with max_queue = 5 keeps the newest five of ten.
+    subscribe_persistent(port, "overflow-sub", "m/t").await;
+    wait_connections(c.node(1), 0).await;
+    publish_acked(port, "m/t", 0, 10).await;
+    // Wait for the fan-out: a subscriber that comes back earlier may get the first message too.
+    let until = Instant::now() + Duration::from_secs(10);
+    let dropped = "ironhub_queue_dropped_total{reason=\"queue_full\"}";
+    while sample(&metrics_text(c.node(1)).await, dropped) != Some(5.0) {
+        assert!(Instant::now() < until, "five messages not dropped from the full queue");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let got: Received = Default::default();
+    receive(port, "overflow-sub", &got, 5, None).await;
+    assert_eq!(*got.lock(), (5..10).collect::<BTreeSet<u64>>(), "the oldest are dropped");
+
+    tokio::time::sleep(Duration::from_millis(1500)).await; // a timer tick sets the depth gauges
+    let text = metrics_text(c.node(1)).await;
+    // The API takes retained topics up to mqtt.max_topic_len (255), like MQTT.
+    let long = "t".repeat(256);
+    let r =
+        common::put(&c.node(1).url(&format!("/api/v1/retained/{long}")), serde_json::json!({"payload": "x"}))
+            .await;
+    assert_eq!(
+        r.map(|(status, body)| (status, body["error"]["code"].clone())),
+        Some((400, "bad_topic".into()))
+    );
+    let docs =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/mqtt.md")).expect("docs");
+    let families: BTreeSet<&str> = docs
+        .lines()
+        .filter(|l| l.starts_with("| `ironhub_"))
+        .flat_map(|l| l.split('|').nth(1).unwrap_or("").split(',').map(|n| n.trim().trim_matches('`')))
+        .collect();
+    assert!(families.len() >= 12, "metric table not found in docs/mqtt.md: {families:?}");
+    for name in families {
+        assert!(text.contains(&format!("# TYPE {name} ")), "{name} is documented but not exported:\n{text}");
+    }
+}
+
+/// QoS 1 PUBLISHes of one connection keep their order when its node does not lead the
+/// publisher's partition (they are forwarded to the leader), checked for publishers on every node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_publishes_keep_their_order() {
+    let mut c = Cluster::new(3);
+    let config = c.dir.path().join("ironhub.toml");
+    std::fs::write(&config, "[mqtt]\nmax_queue = 10000\n").expect("config");
+    for id in 1..=3 {
+        c.node(id).extra = vec!["--config".into(), config.display().to_string()];
+    }
+    c.start_all();
+    for id in 1..=3 {
+        assert!(wait_healthy(c.node(id), Duration::from_secs(60)).await, "node {id}:\n{}", c.logs());
+    }
+    assert!(common::wait_all_led(c.node(1), &[1, 2, 3], Duration::from_secs(30)).await.is_some());
+    let ports: Vec<u16> = (1..=3).map(|id| c.node(id).mqtt_port).collect();
+    const N: u64 = 1000;
+    // The subscriber stays connected and records arrival order per publisher.
+    let (client, mut events) = rust_client("order-sub", ports[0], false);
+    client.subscribe("ord/+", QoS::AtLeastOnce).await.expect("subscribe");
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), events.poll()).await {
+            Ok(Ok(Event::Incoming(Packet::SubAck(_)))) => break,
+            Ok(Ok(_)) => {}
+            other => panic!("subscribe: {other:?}"),
+        }
+    }
+    let subscriber = tokio::spawn(async move {
+        let mut last: [Option<u64>; 3] = [None; 3];
+        let (mut n, mut out_of_order) = (0, Vec::new());
+        while n < 3 * N {
+            match tokio::time::timeout(Duration::from_secs(20), events.poll()).await {
+                Ok(Ok(Event::Incoming(Packet::Publish(p)))) => {
+                    let v = u64::from_be_bytes(p.payload.as_ref().try_into().expect("8 bytes"));
+                    let from = (v >> 32) as usize;
+                    if last[from].is_some_and(|l| v <= l) {
+                        out_of_order.push((last[from], v));
+                    }
+                    last[from] = Some(v);
+                    n += 1;
+                }
+                Ok(Ok(_)) => {}
+                other => return Err(format!("subscriber after {n}: {other:?}")),
+            }
+        }
+        let _ = client.disconnect().await;
+        Ok(out_of_order)
+    });
+    let publishers = ports.iter().enumerate().map(|(i, port)| {
+        let port = *port;
+        tokio::spawn(async move { publish_acked(port, &format!("ord/{i}"), (i as u64) << 32, N).await })
+    });
+    for p in futures::future::join_all(publishers).await {
+        p.expect("publisher");
+    }
+    let out_of_order = match subscriber.await.expect("subscriber task") {
+        Ok(o) => o,
+        Err(e) => panic!("{e}\n{}", c.logs()),
+    };
+    let first = &out_of_order[..out_of_order.len().min(10)];
+    assert!(out_of_order.is_empty(), "{} out of order, first {first:?}", out_of_order.len());
+}
+
+/// Rule 7 and the session audit. A node cut off from every partition leader closes its clients
+/// with DISCONNECT 0x9C (no session lives on a minority side); when a node dies with a client
+/// connected, the partition leader ends that session and publishes its will.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_off_node_closes_its_clients_and_a_dead_nodes_wills_fire() {
+    use tokio::io::AsyncReadExt;
+    let mut c = Cluster::new(3);
+    c.start_all();
+    for id in 1..=3 {
+        assert!(wait_healthy(c.node(id), Duration::from_secs(60)).await, "node {id}:\n{}", c.logs());
+    }
+    assert!(common::wait_all_led(c.node(1), &[1, 2, 3], Duration::from_secs(30)).await.is_some());
+    let (p1, p3) = (c.node(1).mqtt_port, c.node(3).mqtt_port);
+
+    // Rule 7: nodes 1 and 2 stop answering; node 3 closes its client with 0x9C.
+    let (mut s, code) = connack(p3, "cut-off", true).await;
+    assert_eq!(code, 0);
+    c.node(1).signal("STOP");
+    c.node(2).signal("STOP");
+    let mut head = [0u8; 3];
+    let read = tokio::time::timeout(Duration::from_secs(15), s.read_exact(&mut head)).await;
+    c.node(1).signal("CONT");
+    c.node(2).signal("CONT");
+    assert!(matches!(read, Ok(Ok(_))), "no DISCONNECT from the cut-off node: {read:?}\n{}", c.logs());
+    assert_eq!((head[0], head[2]), (0xE0, 0x9C), "DISCONNECT with 0x9C (use another server)");
+    assert!(common::wait_all_led(c.node(1), &[1, 2, 3], Duration::from_secs(30)).await.is_some());
+
+    // Session audit: a client with a will on node 3; node 3 is killed; the will arrives on node 1.
+    let (watch, mut watch_events) = rust_client("will-watch", p1, true);
+    watch.subscribe("wills/#", QoS::AtLeastOnce).await.expect("subscribe");
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), watch_events.poll()).await {
+            Ok(Ok(Event::Incoming(Packet::SubAck(_)))) => break,
+            Ok(Ok(_)) => {}
+            other => panic!("subscribe: {other:?}"),
+        }
+    }
+    let mut o = MqttOptions::new("dying", "127.0.0.1", p3);
+    o.set_keep_alive(Duration::from_secs(60));
+    o.set_last_will(rumqttc::LastWill::new("wills/dying", "gone", QoS::AtLeastOnce, false));
+    let (_dying, mut dying_events) = AsyncClient::new(o, 10);
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), dying_events.poll()).await {
+            Ok(Ok(Event::Incoming(Packet::ConnAck(_)))) => break,
+            Ok(Ok(_)) => {}
+            other => panic!("connect with a will: {other:?}"),
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await; // past the audit's two-tick grace for new owners
+    c.node(3).kill9();
+    let will = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match watch_events.poll().await {
+                Ok(Event::Incoming(Packet::Publish(p))) => return Some((p.topic, p.payload)),
+                Ok(_) => {}
+                Err(e) => panic!("will watcher: {e}"),
+            }
+        }
+    })
+    .await;
+    drop(dying_events);
+    let will = will.unwrap_or_else(|_| panic!("the dead node's client's will did not fire\n{}", c.logs()));
+    assert_eq!(will, Some(("wills/dying".to_string(), bytes::Bytes::from_static(b"gone"))));
+}

@@ -60,9 +60,18 @@ pub struct BatcherHandle {
     metrics: RaftMetrics,
 }
 
+/// The outcome of a queued proposal.
+pub type Pending = futures::future::BoxFuture<'static, Result<Bytes, ProposeError>>;
+
 impl BatcherHandle {
     /// Queues `p` and waits for its response. Must be called on the group's leader.
     pub async fn propose(&self, p: Proposal) -> Result<Bytes, ProposeError> {
+        self.submit(p)?.await
+    }
+
+    /// Queues `p` now (proposals submitted one after another enter the log in that order) and
+    /// returns its response as a future. `Busy` at once when the queue is full.
+    pub(crate) fn submit(&self, p: Proposal) -> Result<Pending, ProposeError> {
         let (tx, rx) = oneshot::channel();
         let started = Instant::now();
         match self.tx.try_send((p, tx)) {
@@ -73,9 +82,12 @@ impl BatcherHandle {
             }
             Err(mpsc::error::TrySendError::Closed(_)) => return Err(ProposeError::ShuttingDown),
         }
-        let r = rx.await.map_err(|_| ProposeError::ShuttingDown)?;
-        self.metrics.observe_commit(self.group, started.elapsed());
-        r
+        let (metrics, group) = (self.metrics.clone(), self.group);
+        Ok(Box::pin(async move {
+            let r = rx.await.map_err(|_| ProposeError::ShuttingDown)?;
+            metrics.observe_commit(group, started.elapsed());
+            r
+        }))
     }
 }
 

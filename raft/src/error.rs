@@ -52,6 +52,12 @@ pub enum ProposeError {
     /// The node is shutting down.
     #[error("the node is shutting down")]
     ShuttingDown,
+    /// A command or its response could not be encoded or decoded (a defect, never retried).
+    #[error("a command or its response could not be encoded or decoded: {reason}")]
+    Codec {
+        /// What failed.
+        reason: String,
+    },
     /// The group's raft stopped on a fatal error (storage failure); the node needs attention.
     #[error("raft group {group} stopped: {reason}")]
     Fatal {

@@ -17,6 +17,7 @@ mod balance;
 pub mod batcher;
 mod bootstrap;
 pub mod error;
+mod forward;
 pub mod membership;
 pub mod metrics;
 pub mod net;
@@ -30,7 +31,7 @@ pub mod transport;
 pub mod types;
 
 pub use apply::{Apply, ApplyContext, StateTxn, StateView};
-pub use batcher::BatchConfig;
+pub use batcher::{BatchConfig, Pending};
 pub use bootstrap::group_voters;
 pub use error::{NodeError, ProposeError};
 pub use membership::{MembershipChange, MembershipPlan, SystemCommand};

@@ -16,8 +16,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::apply::{Apply, StateView};
-use crate::batcher::{self, BatchConfig, BatcherHandle};
+use crate::batcher::{self, BatchConfig, BatcherHandle, Pending};
 use crate::error::{NodeError, ProposeError};
+use crate::forward::{Forwarder, ForwarderHandle};
 use crate::metrics::RaftMetrics;
 use crate::net::ClusterNet;
 use crate::network::GroupNetworkFactory;
@@ -47,6 +48,13 @@ pub struct Timing {
     pub snapshot_every: u64,
     /// Log entries kept behind a snapshot for slow followers (default 10000).
     pub keep_behind_snapshot: u64,
+}
+
+impl Timing {
+    /// How long proposals and reads retry a leader change: two election timeouts and some slack.
+    pub fn retry_window(&self) -> Duration {
+        Duration::from_millis(self.election_max_ms * 2 + 500)
+    }
 }
 
 /// Why 150 / 600–1000 ms and not DESIGN.md's 250 / 1000–2000: openraft 0.10.0-alpha.37 gives a
@@ -93,6 +101,7 @@ pub(crate) struct Group {
     pub(crate) id: GroupId,
     pub(crate) raft: GroupRaft,
     pub(crate) batcher: BatcherHandle,
+    pub(crate) forwarder: ForwarderHandle,
     pub(crate) reads: parking_lot::Mutex<crate::reads::ReadRound>,
 }
 
@@ -311,13 +320,13 @@ impl RaftNode {
                     .await
                     .map_err(|e| NodeError::Raft { group: g, reason: e.to_string() })??
             };
-            let net = GroupNetworkFactory {
+            let factory = GroupNetworkFactory {
                 net: net.clone(),
                 group: g,
                 metrics: metrics.clone(),
                 configured: configured.clone(),
             };
-            let raft = GroupRaft::new(id, raft_config.clone(), net, log, sm)
+            let raft = GroupRaft::new(id, raft_config.clone(), factory, log, sm)
                 .await
                 .map_err(|e| NodeError::Raft { group: g, reason: e.to_string() })?;
             let batcher = batcher::start(
@@ -328,7 +337,17 @@ impl RaftNode {
                 &tasks,
                 shutdown.clone(),
             );
-            groups.push(Group { id: g, raft, batcher, reads: Default::default() });
+            let forwarder = Forwarder {
+                group: g,
+                me: id,
+                raft: raft.clone(),
+                batcher: batcher.clone(),
+                net: net.clone(),
+                metrics: metrics.clone(),
+                retry: config.timing.retry_window(),
+            }
+            .start(config.batch.queue, &tasks, shutdown.clone());
+            groups.push(Group { id: g, raft, batcher, forwarder, reads: Default::default() });
         }
 
         let node = RaftNode {
@@ -420,13 +439,11 @@ impl RaftNode {
     /// Proposes a command to group `g` from any node: applied locally on the leader, else forwarded.
     /// Retries leader changes for up to `2 × election timeout`; returns the command's response.
     pub async fn propose(&self, g: GroupId, p: Proposal) -> Result<Bytes, ProposeError> {
-        let group = self.group(g)?;
         let deadline = Instant::now() + self.retry_window();
         loop {
-            let attempt = match self.leader_of(group) {
-                Some(l) if l == self.inner.id => group.batcher.propose(p.clone()).await,
-                Some(l) => self.forward(g, l, &p).await,
-                None => Err(ProposeError::NoLeader { group: g }),
+            let attempt = match self.submit_once(g, p.clone()) {
+                Ok(pending) => pending.await,
+                Err(e) => Err(e),
             };
             match attempt {
                 Err(
@@ -448,28 +465,48 @@ impl RaftNode {
         }
     }
 
-    async fn forward(&self, g: GroupId, leader: NodeId, p: &Proposal) -> Result<Bytes, ProposeError> {
-        self.inner.metrics.forwarded.with_label_values(&[&self.inner.metrics.group(g)]).inc();
-        let body =
-            codec::encode(p).map_err(|e| ProposeError::Forward { node: leader, reason: e.to_string() })?;
-        let resp = self
-            .inner
-            .net
-            .call(leader, g, RpcKind::Forward, Bytes::from(body), Duration::from_secs(5))
-            .await
-            .map_err(|e| ProposeError::Forward { node: leader, reason: e.to_string() })?;
-        let r: Result<Bytes, ProposeError> = codec::decode(&resp, "forwarded proposal response")
-            .map_err(|e| ProposeError::Forward { node: leader, reason: e.to_string() })?;
-        r
+    /// Queues a command to group `g` now and returns its response as a future. Commands one caller
+    /// submits one after another enter the group's log in that order while the leader stays the
+    /// same (this node's batcher, or its ordered forward queue to the leader). Fails at once, and
+    /// retriably, when no leader is known or the queue is full: the caller retries in its own order.
+    /// A leader change after queueing is retried like [`RaftNode::propose`] (order is then not kept).
+    pub fn submit(&self, g: GroupId, p: Proposal) -> Result<Pending, ProposeError> {
+        let first = self.submit_once(g, p.clone())?;
+        let node = self.clone();
+        Ok(Box::pin(async move {
+            match first.await {
+                Err(ProposeError::NotLeader { .. } | ProposeError::NoLeader { .. }) => {
+                    node.propose(g, p).await
+                }
+                other => other,
+            }
+        }))
     }
 
-    /// Proposes on this node only if it leads `g` (the forward target's side).
-    pub(crate) async fn propose_local(&self, g: GroupId, p: Proposal) -> Result<Bytes, ProposeError> {
+    fn submit_once(&self, g: GroupId, p: Proposal) -> Result<Pending, ProposeError> {
         let group = self.group(g)?;
         match self.leader_of(group) {
-            Some(l) if l == self.inner.id => group.batcher.propose(p).await,
-            leader => Err(ProposeError::NotLeader { group: g, leader }),
+            Some(l) if l == self.inner.id => group.batcher.submit(p),
+            Some(_) => Ok(Box::pin(group.forwarder.submit(p)?)),
+            None => Err(ProposeError::NoLeader { group: g }),
         }
+    }
+
+    /// Queues a forwarded batch on this node if it leads `g`, in batch order (the forward target's side).
+    pub(crate) async fn propose_local_batch(
+        &self,
+        g: GroupId,
+        batch: Vec<Proposal>,
+    ) -> Vec<Result<Bytes, ProposeError>> {
+        let group = match self.group(g) {
+            Ok(group) => group,
+            Err(e) => return vec![Err(e); batch.len()],
+        };
+        match self.leader_of(group) {
+            Some(l) if l == self.inner.id => {}
+            leader => return vec![Err(ProposeError::NotLeader { group: g, leader }); batch.len()],
+        }
+        crate::forward::queue_in_order(&group.batcher, batch).await
     }
 
     pub(crate) async fn read_index_local(&self, g: GroupId) -> Result<u64, ProposeError> {

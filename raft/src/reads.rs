@@ -45,7 +45,7 @@ impl RaftNode {
 
     /// How long proposals and reads retry leader changes: twice the election timeout, plus slack.
     pub(crate) fn retry_window(&self) -> Duration {
-        Duration::from_millis(self.inner.config.timing.election_max_ms * 2 + 500)
+        self.inner.config.timing.retry_window()
     }
 
     async fn read_rounds(&self, g: GroupId) {

@@ -80,8 +80,8 @@ async fn dispatch(
             reply(raft.handle_transfer_leader(decode(&body, "transfer leader")?).await)
         }
         RpcKind::Forward => {
-            let p: Proposal = decode(&body, "forwarded proposal")?;
-            encode(&node.propose_local(g, p).await)
+            let batch: Vec<Proposal> = decode(&body, "forwarded proposals")?;
+            encode(&node.propose_local_batch(g, batch).await)
         }
         RpcKind::Read => encode(&node.read_index_local(g).await),
         RpcKind::Admin => match decode::<AdminRequest>(&body, "admin request")? {

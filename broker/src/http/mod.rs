@@ -25,6 +25,8 @@ pub struct ApiState {
     pub admin_token: String,
     /// The Prometheus registry served on /metrics.
     pub registry: prometheus::Registry,
+    /// Longest topic name accepted (`mqtt.max_topic_len`, the same limit as over MQTT).
+    pub max_topic_len: usize,
 }
 
 /// An API error: becomes a JSON error response.
@@ -57,7 +59,9 @@ impl From<ProposeError> for ApiError {
             ProposeError::Unknown { .. } => (StatusCode::SERVICE_UNAVAILABLE, "outcome_unknown"),
             ProposeError::NoSuchGroup(_) => (StatusCode::NOT_FOUND, "no_such_group"),
             ProposeError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
-            ProposeError::Fatal { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            ProposeError::Fatal { .. } | ProposeError::Codec { .. } => {
+                (StatusCode::INTERNAL_SERVER_ERROR, "internal")
+            }
         };
         ApiError::new(status, code, e.to_string())
     }
@@ -245,19 +249,22 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-fn check_topic(topic: &str) -> Result<(), ApiError> {
-    if topic.is_empty() || topic.len() > 65535 || topic.contains(['+', '#', '\0']) {
+fn check_topic(s: &ApiState, topic: &str) -> Result<(), ApiError> {
+    if topic.len() > s.max_topic_len || !crate::mqtt::codec::valid_topic(topic) || topic.contains('\0') {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "bad_topic",
-            "a topic name is 1..65535 bytes with no wildcards (+, #) or NUL",
+            format!(
+                "a topic name is 1..{} bytes (mqtt.max_topic_len) with no wildcards (+, #) or NUL",
+                s.max_topic_len
+            ),
         ));
     }
     Ok(())
 }
 
 async fn set_retained(s: &ApiState, topic: String, payload: Bytes, qos: u8) -> Result<CmdResponse, ApiError> {
-    check_topic(&topic)?;
+    check_topic(s, &topic)?;
     if qos > 2 {
         return Err(ApiError::new(StatusCode::BAD_REQUEST, "bad_qos", "qos is 0, 1 or 2"));
     }
@@ -292,7 +299,7 @@ async fn get_retained(
     State(s): State<Shared>,
     Path(topic): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    check_topic(&topic)?;
+    check_topic(&s, &topic)?;
     let g = partition_of(topic.as_bytes(), s.node.partitions());
     s.node.read_barrier(g).await?;
     let key = retained_key(&topic);

@@ -86,6 +86,10 @@ struct Conn<W> {
     // inbound
     aliases_in: HashMap<u16, String>,
     inbound_pending: usize,
+    lane: Arc<Lane>,
+    tickets: u64,
+    /// This connection's place among the node's `max_connections` (taken on CONNECT).
+    _slot: Option<super::Slot>,
     // outbound
     quota: usize,
     max_out: usize,
@@ -196,6 +200,9 @@ async fn run<R, W>(
         transient: HashMap::new(),
         next_transient: TRANSIENT_PKID,
         resend_rel: false,
+        lane: Arc::default(),
+        tickets: 0,
+        _slot: None,
     };
     let (live_tx, mut live_rx) = mpsc::channel(b.cfg.qos0_buffer);
     let (kick_tx, mut kick_rx) = watch::channel(None);
@@ -207,7 +214,6 @@ async fn run<R, W>(
         c.finish(End::Lost("write failed")).await;
         return;
     }
-    b.router.metrics.connections.inc();
     let max = b.cfg.max_packet_size as usize;
     let mut pipeline: FuturesOrdered<BoxFuture<'static, Reply>> = FuturesOrdered::new();
     let mut acks: FuturesUnordered<AckFuture> = FuturesUnordered::new();
@@ -295,7 +301,6 @@ async fn run<R, W>(
             _ = sleep_until(deadline) => break End::Server { code: 0x8D, what: "keepalive timeout".into(), taken_over: false },
         }
     };
-    b.router.metrics.connections.dec();
     c.finish(end).await;
     b.router.unregister(&c.client, conn_id);
 }
@@ -352,12 +357,17 @@ fn packet_type(p: &v5::Packet) -> &'static str {
     }
 }
 
+fn encode(cmd: &Command) -> Result<bytes::Bytes, ProposeError> {
+    cmd.encode().map_err(|e| ProposeError::Codec { reason: e.to_string() })
+}
+
+fn decode(raw: &[u8]) -> Result<Response, ProposeError> {
+    wire::decode(raw, "command response").map_err(|e| ProposeError::Codec { reason: e.to_string() })
+}
+
 /// Proposes a session command, mapping the raft response.
-async fn propose(b: &Broker, g: GroupId, cmd: Command) -> Result<Response, ProposeError> {
-    let bytes = cmd.encode().map_err(|e| ProposeError::Forward { node: 0, reason: e.to_string() })?;
-    let raw = b.node.propose(g, Proposal::app(bytes)).await?;
-    wire::decode(&raw, "command response")
-        .map_err(|e| ProposeError::Forward { node: 0, reason: e.to_string() })
+async fn propose(b: &Broker, g: GroupId, cmd: &Command) -> Result<Response, ProposeError> {
+    decode(&b.node.propose(g, Proposal::app(encode(cmd)?)).await?)
 }
 
 /// Proposes, retrying a full batcher (back-pressure) until `limit`.
@@ -369,12 +379,78 @@ async fn propose_patiently(
 ) -> Result<Response, ProposeError> {
     let until = Instant::now() + limit;
     loop {
-        match propose(b, g, cmd.clone()).await {
+        match propose(b, g, &cmd).await {
             Err(e) if e.is_retriable() && Instant::now() < until => {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             other => return other,
         }
+    }
+}
+
+/// Queues a command now, retrying a full queue or an election until `limit` before returning, so
+/// commands queued one after another by one caller enter the log in that order. The returned future
+/// is the outcome; one left unknown by a failed forward is retried like [`propose_patiently`].
+async fn submit_patiently(
+    b: &Arc<Broker>,
+    g: GroupId,
+    cmd: Command,
+    limit: Duration,
+) -> Result<BoxFuture<'static, Result<Response, ProposeError>>, ProposeError> {
+    let until = Instant::now() + limit;
+    let bytes = encode(&cmd)?;
+    let pending = loop {
+        match b.node.submit(g, Proposal::app(bytes.clone())) {
+            Ok(p) => break p,
+            Err(e) if e.is_retriable() && Instant::now() < until => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    let b = b.clone();
+    Ok(Box::pin(async move {
+        match pending.await {
+            Ok(raw) => decode(&raw),
+            Err(e) if e.is_retriable() && Instant::now() < until => {
+                propose_patiently(&b, g, cmd, limit).await
+            }
+            Err(e) => Err(e),
+        }
+    }))
+}
+
+/// Keeps one connection's QoS ≥ 1 PUBLISHes in order on their way into the log: each takes a ticket
+/// as it arrives and is queued on its turn; one refused for now (queue full, election) is retried
+/// before anything after it is queued. Only the queueing takes turns: commits overlap.
+#[derive(Default)]
+struct Lane {
+    turn: std::sync::atomic::AtomicU64,
+    changed: Notify,
+}
+
+/// The turn of one ticket; passes to the next when dropped.
+struct Turn(Arc<Lane>);
+
+impl Lane {
+    async fn wait(self: Arc<Self>, ticket: u64) -> Turn {
+        loop {
+            {
+                let changed = self.changed.notified();
+                if self.turn.load(Ordering::Acquire) != ticket {
+                    changed.await;
+                    continue;
+                }
+            }
+            return Turn(self);
+        }
+    }
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        self.0.turn.fetch_add(1, Ordering::AcqRel);
+        self.0.changed.notify_waiters();
     }
 }
 
@@ -459,10 +535,11 @@ impl<W: AsyncWrite + Unpin> Conn<W> {
             self.client = format!("ironhub-{:x}", self.owner.conn);
             assigned = Some(self.client.clone());
         }
-        if b.router.metrics.connections.get() as usize >= cfg.max_connections {
+        let Some(slot) = b.take_slot() else {
             self.refuse(if v5 { Code::QuotaExceeded } else { Code::ServerUnavailable }, "max_connections");
             return None;
-        }
+        };
+        self._slot = Some(slot);
         if !b.connect_allowed(&self.client) {
             self.refuse(if v5 { Code::ConnectionRateExceeded } else { Code::ServerUnavailable }, "rate");
             return None;
@@ -825,15 +902,34 @@ impl<W: AsyncWrite + Unpin> Conn<W> {
             qos2_pkid: (qos == 2).then_some(pkid),
             msg: msg.clone(),
         });
+        let (lane, ticket) = (self.lane.clone(), self.tickets);
+        self.tickets += 1;
         pipeline.push_back(Box::pin(async move {
-            // A retained QoS≥1 message is stored before it is acknowledged.
-            if msg.retain {
-                let (rg, rcmd) = retain_cmd(&b, &msg);
-                if let Err(e) = propose_patiently(&b, rg, rcmd, Duration::from_secs(10)).await {
+            let turn = lane.wait(ticket).await;
+            // A retained QoS≥1 message is stored before it is acknowledged (queued first, in turn).
+            let retained = match msg.retain {
+                true => {
+                    let (rg, rcmd) = retain_cmd(&b, &msg);
+                    Some(submit_patiently(&b, rg, rcmd, Duration::from_secs(10)).await)
+                }
+                false => None,
+            };
+            let stored = submit_patiently(&b, g, cmd, Duration::from_secs(10)).await;
+            drop(turn);
+            if let Some(r) = retained {
+                let r = match r {
+                    Ok(pending) => pending.await,
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = r {
                     return Reply::End(violation(0x89, format!("retained message not stored: {e}")));
                 }
             }
-            match propose_patiently(&b, g, cmd, Duration::from_secs(10)).await {
+            let stored = match stored {
+                Ok(pending) => pending.await,
+                Err(e) => Err(e),
+            };
+            match stored {
                 Ok(Response::Applied { .. } | Response::Duplicate) => Reply::Packet(if qos == 1 {
                     P::PubAck(v5::PubAck::new(pkid))
                 } else {

@@ -90,18 +90,34 @@ async fn propose_until(
     }
 }
 
+/// A fan-out round whose `Enqueue`s are in flight: its last message and its oldest publish time.
+struct Round {
+    enqueued: tokio::task::JoinHandle<bool>,
+    last: MsgId,
+    oldest_ms: u64,
+}
+
+/// Fans out `g`'s outbox in rounds. Rounds overlap: while one round's `Enqueue`s commit, the next
+/// round is read and its route barrier taken; its `Enqueue`s are proposed only after the previous
+/// round's committed (each target partition must see one source's messages in id order), and the
+/// `OutboxDone` cursor is committed in the background.
 async fn outbox_loop(b: Arc<Broker>, g: GroupId, cancel: CancellationToken) {
     let Some(signal) = b.router.outbox_signal(g) else { return };
     let partitions: Vec<GroupId> = (1..=b.node.partitions()).collect();
     let label = g.to_string();
+    // The last message handed to a round; `None`: start after the stored cursor.
+    let mut handed: Option<MsgId> = None;
+    let mut inflight: Option<Round> = None;
     loop {
         // Everything applied on this node (the leader) up to now.
         let rows = b
             .node
-            .with_state(g, |v| {
-                let done: Option<MsgId> =
-                    v.get(OUTBOX_DONE)?.map(|raw| wire::decode(&raw, "outbox cursor")).transpose()?;
-                let from = done.map_or(outbox_key((0, 0)), |(i, s)| outbox_key((i, s + 1)));
+            .with_state(g, move |v| {
+                let after: Option<MsgId> = match handed {
+                    Some(id) => Some(id),
+                    None => v.get(OUTBOX_DONE)?.map(|raw| wire::decode(&raw, "outbox cursor")).transpose()?,
+                };
+                let from = after.map_or(outbox_key((0, 0)), |(i, s)| outbox_key((i, s + 1)));
                 v.scan(&from, &outbox_key((u64::MAX, u32::MAX)), ROUND)
             })
             .await;
@@ -114,6 +130,12 @@ async fn outbox_loop(b: Arc<Broker>, g: GroupId, cancel: CancellationToken) {
         };
         b.router.metrics.outbox_depth.with_label_values(&[&label]).set(rows.len() as i64);
         if rows.is_empty() {
+            if let Some(round) = inflight.take() {
+                if !finish(&b, g, round, &cancel).await {
+                    return;
+                }
+                continue;
+            }
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = signal.notified() => {}
@@ -153,23 +175,37 @@ async fn outbox_loop(b: Arc<Broker>, g: GroupId, cancel: CancellationToken) {
                 per_partition.entry(p).or_default().push(EnqueueItem { id, msg: msg.clone(), targets });
             }
         }
+        if let Some(round) = inflight.take() {
+            if !finish(&b, g, round, &cancel).await {
+                return;
+            }
+        }
         let limit = b.cfg.max_queue;
         let enqueues = per_partition.into_iter().map(|(p, items)| {
             let cmd = Command::Session(SessionCommand::Enqueue { source: g, items, limit });
             let (b, cancel) = (b.clone(), cancel.clone());
             async move { propose_until(&b, p, &cmd, &cancel).await.is_some() }
         });
-        if !join_all(enqueues).await.into_iter().all(|ok| ok) {
-            return; // cancelled: the next leader resumes from the cursor
-        }
-        let done = Command::Session(SessionCommand::OutboxDone { upto: last });
-        if propose_until(&b, g, &done, &cancel).await.is_none() {
-            return;
-        }
-        if oldest_ms != u64::MAX {
-            b.router.metrics.fanout_lag.observe(now_ms().saturating_sub(oldest_ms) as f64 / 1000.0);
-        }
+        let enqueues = join_all(enqueues);
+        let enqueued = b.tasks.spawn(async move { enqueues.await.into_iter().all(|ok| ok) });
+        inflight = Some(Round { enqueued, last, oldest_ms });
+        handed = Some(last);
     }
+}
+
+/// Waits for a round's `Enqueue`s, then commits its `OutboxDone` in the background. False when the
+/// round was cancelled (leadership lost: the next leader resumes from the stored cursor).
+async fn finish(b: &Arc<Broker>, g: GroupId, round: Round, cancel: &CancellationToken) -> bool {
+    if !round.enqueued.await.unwrap_or(false) {
+        return false;
+    }
+    if round.oldest_ms != u64::MAX {
+        b.router.metrics.fanout_lag.observe(now_ms().saturating_sub(round.oldest_ms) as f64 / 1000.0);
+    }
+    let done = Command::Session(SessionCommand::OutboxDone { upto: round.last });
+    let (b2, cancel) = (b.clone(), cancel.clone());
+    b.tasks.spawn(async move { propose_until(&b2, g, &done, &cancel).await });
+    true
 }
 
 async fn timer_loop(b: Arc<Broker>, g: GroupId, cancel: CancellationToken) {

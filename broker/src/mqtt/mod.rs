@@ -64,6 +64,17 @@ pub struct Broker {
     conn_base: u64,
     next_conn: AtomicU64,
     rate: Mutex<HashMap<String, (u64, u32)>>,
+    open: std::sync::atomic::AtomicUsize,
+}
+
+/// One of the node's `mqtt.max_connections` places, held from CONNECT to the connection's end.
+pub struct Slot(Arc<Broker>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+        self.0.router.metrics.connections.dec();
+    }
 }
 
 /// Milliseconds since the epoch.
@@ -85,6 +96,7 @@ impl Broker {
             conn_base: now_ms() << 23,
             next_conn: AtomicU64::new(1),
             rate: Mutex::new(HashMap::new()),
+            open: Default::default(),
         });
         let b = broker.clone();
         broker.node.set_app_handler(Arc::new(move |from, body| {
@@ -104,16 +116,28 @@ impl Broker {
         self.node.id()
     }
 
+    /// Takes a connection place; `None` when the node already holds `max_connections`.
+    pub fn take_slot(self: &Arc<Self>) -> Option<Slot> {
+        if self.open.fetch_add(1, Ordering::AcqRel) >= self.cfg.max_connections {
+            self.open.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        self.router.metrics.connections.inc();
+        Some(Slot(self.clone()))
+    }
+
     /// Counts a connection attempt of `client`; false when it exceeds the per-minute rate.
     pub fn connect_allowed(&self, client: &str) -> bool {
-        let minute = now_ms() / 60_000;
+        // A window of one minute from the client's first attempt in it (not the calendar minute,
+        // whose boundary would let a burst through twice).
+        let now = now_ms();
         let mut rate = self.rate.lock();
         if rate.len() > 100_000 {
-            rate.retain(|_, (m, _)| *m == minute);
+            rate.retain(|_, (start, _)| now.saturating_sub(*start) < 60_000);
         }
-        let e = rate.entry(client.to_string()).or_insert((minute, 0));
-        if e.0 != minute {
-            *e = (minute, 0);
+        let e = rate.entry(client.to_string()).or_insert((now, 0));
+        if now.saturating_sub(e.0) >= 60_000 {
+            *e = (now, 0);
         }
         e.1 += 1;
         e.1 <= self.cfg.connect_rate_per_min

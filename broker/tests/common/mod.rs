@@ -93,6 +93,13 @@ impl Node {
         }
     }
 
+    /// Sends a signal by name (`STOP`, `CONT`, ...) to the running process.
+    pub fn signal(&self, sig: &str) {
+        if let Some(c) = &self.child {
+            let _ = Command::new("kill").args([&format!("-{sig}"), &c.id().to_string()]).status();
+        }
+    }
+
     pub fn sigterm(&mut self) -> Option<std::process::ExitStatus> {
         let c = self.child.as_mut()?;
         let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();

@@ -92,7 +92,7 @@ pub enum RpcKind {
     PreVote = 3,
     /// Leadership transfer.
     TransferLeader = 4,
-    /// A proposal forwarded to the leader.
+    /// A batch of proposals forwarded to the leader, queued there in batch order.
     Forward = 5,
     /// A linearizable read forwarded to the leader.
     Read = 6,
