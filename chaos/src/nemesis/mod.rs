@@ -226,9 +226,13 @@ impl Nemesis {
                 // While the fault holds: how long until the nodes not hit lead every group among
                 // themselves (guarantee: a dead leader's groups accept writes again within 3 s).
                 let spared: Vec<NodeId> = self.ids().into_iter().filter(|x| *x != n).collect();
-                // The failover probe means nothing when the target stays a full member (its groups
-                // need not move): a bridge, latency, a node already restarted with a skewed clock.
-                if matches!(step.fault, FaultKind::Bridge | FaultKind::Latency | FaultKind::ClockSkew) {
+                // The failover probe means nothing when the target stays a member whose groups need
+                // not all move: a bridge, latency, a node already restarted with a skewed clock, a
+                // full disk (a group whose leader is there moves only when it next writes).
+                if matches!(
+                    step.fault,
+                    FaultKind::Bridge | FaultKind::Latency | FaultKind::ClockSkew | FaultKind::DiskFull
+                ) {
                     stop.sleep(hold).await;
                 } else {
                     let probe = async {
