@@ -5,13 +5,13 @@ export CARGO_TARGET_DIR ?= $(CACHE_ROOT)/ironhub/target
 BIN := $(CARGO_TARGET_DIR)/release
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test deps build lint fmt bench chaos chaos-soak clean-data bin-dir
+.PHONY: run test deps build lint fmt bench chaos chaos-faults chaos-soak clean-data bin-dir
 
 ## Install what a fresh machine lacks (clang/libclang for RocksDB's bindings, MQTT test clients:
-## mosquitto-clients and paho-mqtt).
+## mosquitto-clients and paho-mqtt, libfaketime for ironhub-chaos's clock-skew fault).
 deps:
 	@missing=""; \
-	for p in clang libclang-dev mosquitto mosquitto-clients curl; do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	for p in clang libclang-dev mosquitto mosquitto-clients curl faketime; do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing >/dev/null; \
@@ -49,6 +49,10 @@ bench: build
 ## load; about a minute). `make test` runs it too (chaos/tests/ci_scenario.rs). See docs/chaos.md.
 chaos: build
 	$(BIN)/ironhub-chaos run --scenario chaos/scenarios/ci.toml --bin $(BIN)/ironhub
+
+## Chaos: disk full, latency and loss, clock skew, snapshot lag (process backend, root; ~5 min).
+chaos-faults: build
+	$(BIN)/ironhub-chaos run --scenario chaos/scenarios/faults.toml --bin $(BIN)/ironhub
 
 ## Chaos soak: an hour of seeded random faults in network namespaces (root). SEED=n replays a run.
 chaos-soak: build
