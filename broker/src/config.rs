@@ -347,6 +347,12 @@ impl Config {
                 "max_queue, receive_maximum, max_inflight and qos0_buffer must be at least 1",
             ));
         }
+        if u64::from(m.receive_maximum) > crate::state::session::PublishWindow::SPAN {
+            return Err(err(
+                "mqtt.receive_maximum",
+                "must be 1..=1024 (default 128; publishes are deduplicated over the last 1024 of a connection)",
+            ));
+        }
         if m.max_inflight > 32767 {
             return Err(err("mqtt.max_inflight", "must be at most 32767 (default 32)"));
         }
@@ -436,5 +442,16 @@ mod tests {
     #[test]
     fn unknown_keys_are_refused() {
         assert!(toml::from_str::<Config>("nod_id = 3").is_err());
+    }
+
+    #[test]
+    fn mqtt_limits_out_of_range_name_their_key() {
+        let mut c = Config::default();
+        c.mqtt.receive_maximum = 1025;
+        assert_eq!(c.validate().unwrap_err().key, "mqtt.receive_maximum");
+        c.mqtt.receive_maximum = 1024;
+        assert!(c.validate().is_ok());
+        c.mqtt.max_topic_len = 0;
+        assert_eq!(c.validate().unwrap_err().key, "mqtt.max_topic_len");
     }
 }

@@ -22,6 +22,9 @@ pub struct NodeAddr {
 
 /// Identifies one proposal for idempotency: `(origin node, connection incarnation, seq)`, with `seq`
 /// increasing per incarnation. A replay of an applied id gets the stored response and changes nothing.
+/// Only the highest `seq` is remembered, and a lower one is answered as applied: keep one proposal
+/// of an incarnation in flight at a time. (MQTT PUBLISHes, many in flight per connection, use the
+/// broker's own window instead: `PublishWindow` in broker/src/state/session.rs.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct ProposalId {
     /// The node that accepted the request from a client.

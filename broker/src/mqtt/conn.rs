@@ -896,14 +896,15 @@ impl<W: AsyncWrite + Unpin> Conn<W> {
         }
         self.inbound_pending += 1;
         let (g, pkid) = (self.group, p.pkid);
+        let (lane, ticket) = (self.lane.clone(), self.tickets);
+        self.tickets += 1;
         let cmd = self.session_cmd(SessionCommand::Publish {
             client: self.client.clone(),
             owner: self.owner,
             qos2_pkid: (qos == 2).then_some(pkid),
             msg: msg.clone(),
+            seq: ticket,
         });
-        let (lane, ticket) = (self.lane.clone(), self.tickets);
-        self.tickets += 1;
         pipeline.push_back(Box::pin(async move {
             let turn = lane.wait(ticket).await;
             // A retained QoS≥1 message is stored before it is acknowledged (queued first, in turn).

@@ -239,6 +239,9 @@ pub enum SessionCommand {
         msg: Message,
         /// QoS 2: the packet id (a resent PUBLISH whose id awaits PUBREL is not stored twice).
         qos2_pkid: Option<u16>,
+        /// The PUBLISH's sequence number on its connection: a proposal retried after an unknown
+        /// outcome is stored once (see [`PublishWindow`]).
+        seq: u64,
     },
     /// PUBREL of an inbound QoS 2 packet id.
     Released {
@@ -298,6 +301,67 @@ pub enum SessionCommand {
         /// Last message fanned out.
         upto: MsgId,
     },
+}
+
+/// Key of the publish window of `client`'s current connection.
+fn window_key(client: &str) -> Vec<u8> {
+    [b"p/".as_slice(), client.as_bytes()].concat()
+}
+
+/// Which QoS >= 1 PUBLISHes of a session's current connection are stored: the highest sequence
+/// number seen and a bitmap of the [`PublishWindow::SPAN`] below it. Idempotency is by connection
+/// sequence, never by packet id (ids are reused). A connection has at most `receive_maximum`
+/// (<= SPAN) PUBLISHes unacknowledged, so a retry always falls inside the window.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublishWindow {
+    conn: u64,
+    /// Highest sequence number seen plus one.
+    top: u64,
+    /// Bit `i` (word `i / 64`, bit `i % 64`): sequence number `top - 1 - i` is stored.
+    bits: Vec<u64>,
+}
+
+impl PublishWindow {
+    /// Sequence numbers remembered below the highest.
+    pub const SPAN: u64 = 1024;
+    const WORDS: usize = (Self::SPAN / 64) as usize;
+
+    fn for_conn(conn: u64) -> Self {
+        Self { conn, top: 0, bits: vec![0; Self::WORDS] }
+    }
+
+    /// Records `seq`; false when it was recorded before (or is too old to be a retry).
+    pub fn insert(&mut self, seq: u64) -> bool {
+        self.bits.resize(Self::WORDS, 0);
+        if seq >= self.top {
+            self.shift(seq + 1 - self.top);
+            self.top = seq + 1;
+        }
+        let i = self.top - 1 - seq;
+        if i >= Self::SPAN {
+            return false;
+        }
+        let (word, bit) = ((i / 64) as usize, i % 64);
+        let fresh = self.bits[word] & (1 << bit) == 0;
+        self.bits[word] |= 1 << bit;
+        fresh
+    }
+
+    /// Moves every bit `n` places up (older), dropping those past the span.
+    fn shift(&mut self, n: u64) {
+        if n >= Self::SPAN {
+            self.bits.iter_mut().for_each(|w| *w = 0);
+            return;
+        }
+        let (words, bits) = ((n / 64) as usize, (n % 64) as u32);
+        for j in (0..Self::WORDS).rev() {
+            let mut v = if j >= words { self.bits[j - words] << bits } else { 0 };
+            if bits > 0 && j > words {
+                v |= self.bits[j - words - 1] >> (64 - bits);
+            }
+            self.bits[j] = v;
+        }
+    }
 }
 
 /// Key of a session.
@@ -360,6 +424,7 @@ fn end_session(txn: &mut StateTxn<'_>, client: &str, s: &Session, hooks: &dyn Ho
         txn.delete(&queue_key(client, seq));
     }
     txn.delete(&session_key(client));
+    txn.delete(&window_key(client));
     hooks.session_ended(txn.group(), client);
 }
 
@@ -482,12 +547,24 @@ pub fn apply(
             hooks.session_changed(txn.group(), &client, s);
             Response::Flags(found)
         }
-        SessionCommand::Publish { client, owner, msg, qos2_pkid } => {
+        SessionCommand::Publish { client, owner, msg, qos2_pkid, seq } => {
             let mut s = load_session(txn, &client)?;
             if !owns(&s, &owner) {
                 return Ok(Response::Stale);
             }
             let Some(s) = s.as_mut() else { return Ok(Response::Stale) };
+            let key = window_key(&client);
+            let mut window = match txn.get(&key)? {
+                Some(raw) => codec::decode::<PublishWindow>(&raw, "publish window")?,
+                None => PublishWindow::default(),
+            };
+            if window.conn != owner.conn {
+                window = PublishWindow::for_conn(owner.conn);
+            }
+            if !window.insert(seq) {
+                return Ok(Response::Duplicate);
+            }
+            txn.put(&key, &codec::encode(&window)?);
             if let Some(pkid) = qos2_pkid {
                 if !s.awaiting_rel.insert(pkid) {
                     return Ok(Response::Duplicate);
@@ -665,12 +742,25 @@ mod tests {
         hooks: Arc<Recorder>,
         state: HubState,
         index: u64,
+        publish_seq: u64,
     }
 
     impl Fixture {
         fn new() -> Self {
             let hooks = Arc::new(Recorder::default());
-            Self { engine: MemEngine::new(), state: HubState::new(hooks.clone()), hooks, index: 0 }
+            Self {
+                engine: MemEngine::new(),
+                state: HubState::new(hooks.clone()),
+                hooks,
+                index: 0,
+                publish_seq: 0,
+            }
+        }
+
+        /// A fresh connection sequence number for a PUBLISH.
+        fn next_seq(&mut self) -> u64 {
+            self.publish_seq += 1;
+            self.publish_seq
         }
 
         fn apply(&mut self, cmd: SessionCommand) -> Response {
@@ -979,11 +1069,13 @@ mod tests {
         let c = f.connect("c", 1, 10, false, None);
         let owner = Owner { node: 1, conn: 10, epoch: c.epoch };
         let publish = |f: &mut Fixture| {
+            let seq = f.next_seq();
             f.apply(SessionCommand::Publish {
                 client: "c".into(),
                 owner,
                 msg: msg("t", "x"),
                 qos2_pkid: Some(7),
+                seq,
             })
         };
         assert!(matches!(publish(&mut f), Response::Applied { .. }));
@@ -998,17 +1090,72 @@ mod tests {
     }
 
     #[test]
+    fn a_retried_publish_is_stored_once_by_connection_sequence() {
+        let mut f = Fixture::new();
+        let c = f.connect("c", 1, 10, false, None);
+        let owner = Owner { node: 1, conn: 10, epoch: c.epoch };
+        let publish = |f: &mut Fixture, seq: u64| {
+            f.apply(SessionCommand::Publish {
+                client: "c".into(),
+                owner,
+                msg: msg("t", "x"),
+                qos2_pkid: None,
+                seq,
+            })
+        };
+        assert!(matches!(publish(&mut f, 0), Response::Applied { .. }));
+        assert!(matches!(publish(&mut f, 2), Response::Applied { .. }));
+        assert_eq!(publish(&mut f, 0), Response::Duplicate, "a retry of an applied publish");
+        // 1 was overtaken by 2 (its first attempt lost with a leader): not a duplicate.
+        assert!(matches!(publish(&mut f, 1), Response::Applied { .. }));
+        assert_eq!(publish(&mut f, 1), Response::Duplicate);
+        assert_eq!(f.outbox().len(), 3);
+        // The next connection of the session counts from 0 again.
+        let c2 = f.connect("c", 1, 11, false, None);
+        let owner2 = Owner { node: 1, conn: 11, epoch: c2.epoch };
+        let r = f.apply(SessionCommand::Publish {
+            client: "c".into(),
+            owner: owner2,
+            msg: msg("t", "x"),
+            qos2_pkid: None,
+            seq: 0,
+        });
+        assert!(matches!(r, Response::Applied { .. }));
+    }
+
+    proptest::proptest! {
+        /// The window answers like a set of every sequence number inserted, for retries within
+        /// the span below the highest one.
+        #[test]
+        fn publish_window_matches_a_set(ops in proptest::collection::vec((0u64..3000, 0u64..1024), 1..400)) {
+            let mut w = PublishWindow::for_conn(1);
+            let mut seen = std::collections::BTreeSet::new();
+            let mut top = 0u64;
+            for (fresh, back) in ops {
+                // alternate new numbers with retries at most SPAN below the highest
+                let seq = if fresh % 2 == 0 { top + fresh % 300 } else { top.saturating_sub(back + 1) };
+                if seq + PublishWindow::SPAN < top.max(seq + 1) {
+                    continue;
+                }
+                proptest::prop_assert_eq!(w.insert(seq), seen.insert(seq), "seq {}", seq);
+                top = top.max(seq + 1);
+            }
+        }
+    }
+
+    #[test]
     fn outbox_done_deletes_up_to_the_cursor_only() {
         let mut f = Fixture::new();
         let c = f.connect("c", 1, 10, false, None);
         let owner = Owner { node: 1, conn: 10, epoch: c.epoch };
         let mut ids = Vec::new();
-        for _ in 0..3 {
+        for seq in 0..3 {
             if let Response::Applied { index, slot } = f.apply(SessionCommand::Publish {
                 client: "c".into(),
                 owner,
                 msg: msg("t", "x"),
                 qos2_pkid: None,
+                seq,
             }) {
                 ids.push((index, slot));
             }
