@@ -5,7 +5,7 @@ export CARGO_TARGET_DIR ?= $(CACHE_ROOT)/ironhub/target
 BIN := $(CARGO_TARGET_DIR)/release
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test deps build lint fmt bench chaos chaos-faults chaos-soak clean-data bin-dir
+.PHONY: run test deps build lint fmt bench bench-mqtt chaos chaos-faults chaos-soak clean-data bin-dir
 
 ## Install what a fresh machine lacks (clang/libclang for RocksDB's bindings, MQTT test clients:
 ## mosquitto-clients and paho-mqtt, libfaketime for ironhub-chaos's clock-skew fault).
@@ -44,6 +44,11 @@ fmt:
 bench: build
 	cargo run --release -p ironhub-raft --example commit_bench -- --nodes 1 --seconds 20
 	cargo run --release -p ironhub-raft --example commit_bench -- --nodes 3 --seconds 20
+
+## MQTT: mosquitto vs one and three ironhub nodes with ironhub-bench, every run bounded (~10 min with
+## the waits for a quiet machine); results go in docs/benchmarks.md. ROWS="q0 conn" runs some rows.
+bench-mqtt: build
+	BIN=$(BIN) OUT=./bench-out bench/scripts/mqtt-table.sh $(ROWS)
 
 ## Chaos: the short CI scenario (kill -9 the leader twice, pause a node, partition one away under QoS 1
 ## load; about a minute). `make test` runs it too (chaos/tests/ci_scenario.rs). See docs/chaos.md.
