@@ -7,7 +7,7 @@
 //! - [`runner`]: carries out any plan against one broker: paced connects, publishers, subscribers,
 //!   drain, accounting.
 //! - [`share`]: splitting a run over worker processes, and merging their reports.
-//! - [`workers`]: the coordinator that starts the worker processes and keeps them in step.
+//! - [`workers`]: runs split over worker processes: the coordinator and the worker side.
 //! - [`client`]: one MQTT 3.1.1 / 5 client: our socket (bound to `--ifaddr`; TCP, TLS, WebSocket,
 //!   QUIC), rumqttc's packet codecs, a small session state machine.
 //! - [`rate`]: the pacer behind publish and connect rates.

@@ -47,13 +47,16 @@ async fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Compare(c) => &c.scenario,
     };
     if scenario.common().worker.is_some() {
-        return Ok(match runner::run_worker(scenario.common(), |prefix| scenario.plan(prefix)).await {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("ironhub-bench worker: {e}");
-                ExitCode::from(2)
-            }
-        });
+        return Ok(
+            match ironhub_bench::workers::run_worker(scenario.common(), |prefix| scenario.plan(prefix)).await
+            {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("ironhub-bench worker: {e}");
+                    ExitCode::from(2)
+                }
+            },
+        );
     }
     match cli.command {
         Command::Run(cmd) => {

@@ -34,6 +34,7 @@ use crate::report::{self, CpuUse, RssUse, RunResult, Sample};
 use crate::scenario::Plan;
 use crate::seq::SeqTracker;
 use crate::share::{self, hist_from_pairs, hist_to_pairs, Report, SeqSummary, Share};
+use crate::workers::protocol;
 
 /// Why a run could not be carried out.
 #[derive(Debug, thiserror::Error)]
@@ -336,21 +337,6 @@ pub fn new_run_tag() -> String {
     format!("{:x}{:x}", std::process::id(), payload::now_ns() / 1_000_000 % 0xffff_ffff)
 }
 
-/// Lines a worker and its coordinator exchange (worker stdout → coordinator, coordinator →
-/// worker stdin), in this order.
-pub mod protocol {
-    /// Worker: every client of its share is connected (and subscribed).
-    pub const READY: &str = "IHB-READY";
-    /// Coordinator: every worker is ready; publish now.
-    pub const START: &str = "IHB-START";
-    /// Worker: its publishers stopped; JSON of messages sent per publisher id follows.
-    pub const PUBLISHED: &str = "IHB-PUBLISHED ";
-    /// Coordinator: JSON of messages sent per publisher id, over all workers.
-    pub const SENT: &str = "IHB-SENT ";
-    /// Worker: its [`crate::share::Report`] as JSON; the worker then exits.
-    pub const REPORT: &str = "IHB-REPORT ";
-}
-
 /// How this process keeps step with the rest of its run.
 pub enum Sync {
     /// The whole run is in this process; broker RSS is read when every client is connected.
@@ -360,7 +346,7 @@ pub enum Sync {
         /// Their RSS (KiB) once every client was connected.
         rss_connected: Vec<Option<u64>>,
     },
-    /// A worker process: control lines on stdin / stdout (see [`protocol`]).
+    /// A worker process: control lines on stdin / stdout (see [`crate::workers::protocol`]).
     Worker {
         /// stdin, by lines.
         lines: Lines<BufReader<Stdin>>,
@@ -589,29 +575,6 @@ pub async fn run_share(job: &Job, sync: &mut Sync) -> Result<Report, RunError> {
         },
         timeline,
     })
-}
-
-/// Runs as worker `K/N` of a coordinated run: connects its share, keeps step over stdin/stdout,
-/// prints its report.
-pub async fn run_worker(common: &CommonArgs, plan_of: impl Fn(&str) -> Plan) -> Result<(), RunError> {
-    let spec = common.worker.as_deref().unwrap_or("0/1");
-    let (k, n) = spec
-        .split_once('/')
-        .and_then(|(k, n)| Some((k.parse::<usize>().ok()?, n.parse::<usize>().ok()?)))
-        .filter(|(k, n)| k < n)
-        .ok_or_else(|| RunError::Worker(format!("--worker {spec}: expected K/N with K < N")))?;
-    let tag = common.run_tag.clone().ok_or_else(|| RunError::Worker("--run-tag missing".into()))?;
-    let prefix = common.topic_prefix.clone().unwrap_or_else(|| format!("ironhub-bench/{tag}"));
-    let plan = plan_of(&prefix);
-    let share = share::split(&plan, &common.ifaddr, n).swap_remove(k);
-    // --connect-rate is the run's: each of the n workers paces its share at 1/n of it.
-    let mut common = common.clone();
-    common.connect_rate /= n as f64;
-    let job = Job { common, plan, share, run_tag: tag };
-    let report = run_share(&job, &mut Sync::worker()).await?;
-    let json = serde_json::to_string(&report).map_err(|e| RunError::Worker(e.to_string()))?;
-    println!("{}{json}", protocol::REPORT);
-    Ok(())
 }
 
 /// Runs one scenario against one broker (split over worker processes when it is large);

@@ -1,4 +1,4 @@
-//! The coordinator of a run split over worker processes.
+//! Runs split over worker processes: the coordinator, the worker side, and the lines between them.
 //!
 //! Workers are this same binary started again with the same arguments plus the hidden
 //! `--worker K/N --run-tag TAG --topic-prefix PREFIX` (and the broker's `--host/--port`, which
@@ -17,8 +17,47 @@ use tokio::sync::mpsc;
 
 use crate::cli::CommonArgs;
 use crate::procstat;
-use crate::runner::{protocol, RunError};
+use crate::runner::{self, Job, RunError, Sync};
+use crate::scenario::Plan;
 use crate::share::{self, Report};
+
+/// Lines a worker and its coordinator exchange (worker stdout → coordinator, coordinator →
+/// worker stdin), in this order.
+pub mod protocol {
+    /// Worker: every client of its share is connected (and subscribed).
+    pub const READY: &str = "IHB-READY";
+    /// Coordinator: every worker is ready; publish now.
+    pub const START: &str = "IHB-START";
+    /// Worker: its publishers stopped; JSON of messages sent per publisher id follows.
+    pub const PUBLISHED: &str = "IHB-PUBLISHED ";
+    /// Coordinator: JSON of messages sent per publisher id, over all workers.
+    pub const SENT: &str = "IHB-SENT ";
+    /// Worker: its [`crate::share::Report`] as JSON; the worker then exits.
+    pub const REPORT: &str = "IHB-REPORT ";
+}
+
+/// Runs as worker `K/N` of a coordinated run: connects its share, keeps step over stdin/stdout,
+/// prints its report.
+pub async fn run_worker(common: &CommonArgs, plan_of: impl Fn(&str) -> Plan) -> Result<(), RunError> {
+    let spec = common.worker.as_deref().unwrap_or("0/1");
+    let (k, n) = spec
+        .split_once('/')
+        .and_then(|(k, n)| Some((k.parse::<usize>().ok()?, n.parse::<usize>().ok()?)))
+        .filter(|(k, n)| k < n)
+        .ok_or_else(|| RunError::Worker(format!("--worker {spec}: expected K/N with K < N")))?;
+    let tag = common.run_tag.clone().ok_or_else(|| RunError::Worker("--run-tag missing".into()))?;
+    let prefix = common.topic_prefix.clone().unwrap_or_else(|| format!("ironhub-bench/{tag}"));
+    let plan = plan_of(&prefix);
+    let share = share::split(&plan, &common.ifaddr, n).swap_remove(k);
+    // --connect-rate is the run's: each of the n workers paces its share at 1/n of it.
+    let mut common = common.clone();
+    common.connect_rate /= n as f64;
+    let job = Job { common, plan, share, run_tag: tag };
+    let report = runner::run_share(&job, &mut Sync::worker()).await?;
+    let json = serde_json::to_string(&report).map_err(|e| RunError::Worker(e.to_string()))?;
+    println!("{}{json}", protocol::REPORT);
+    Ok(())
+}
 
 /// One worker process.
 struct Worker {

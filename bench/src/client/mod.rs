@@ -229,7 +229,10 @@ fn drive(
     }
     if *need_flush && wbuf.is_empty() {
         match Pin::new(&mut *io).poll_flush(cx) {
-            Poll::Ready(Ok(())) => *need_flush = false,
+            Poll::Ready(Ok(())) => {
+                *need_flush = false;
+                progressed = true;
+            }
             Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
             Poll::Pending => {}
         }
