@@ -4,7 +4,8 @@
 # before it runs; results (JSON) go to $OUT. Each run is bounded (10 s of traffic, at most 20,000
 # connections).
 #
-#   bench/scripts/mqtt-table.sh [ROWS...]    # rows: q0 q1 q1max conn conn-split three-q0 three-q1 three-conn
+#   bench/scripts/mqtt-table.sh [ROWS...]
+#   rows: q0 q1 q1max conn conn-split three-q0 three-q1 three-conn transports
 #
 # Environment: BIN (release dir with ironhub and ironhub-bench, default $CARGO_TARGET_DIR/release
 # or /var/cache/ironhub/target/release), BENCH (ironhub-bench binary, default $BIN/ironhub-bench),
@@ -15,7 +16,7 @@ BIN=${BIN:-${CARGO_TARGET_DIR:-/var/cache/ironhub/target}/release}
 BENCH=${BENCH:-$BIN/ironhub-bench}
 IRONHUB=${IRONHUB:-$BIN/ironhub}
 OUT=${OUT:-./bench-out}
-ROWS=${*:-q0 q1 q1max conn conn-split three-q0 three-q1 three-conn}
+ROWS=${*:-q0 q1 q1max conn conn-split three-q0 three-q1 three-conn transports}
 mkdir -p "$OUT"
 WORK=$(mktemp -d)
 PIDS=()
@@ -72,6 +73,21 @@ start_single() {
   wait_healthy 18860
 }
 
+# One node with every listener: TLS 18862, WebSocket 18863, secure WebSocket 18864, QUIC 18865 (UDP),
+# with a throw-away self-signed certificate (not a CA: rustls refuses a CA certificate as a server's).
+start_single_tls() {
+  openssl req -x509 -newkey rsa:2048 -nodes -keyout "$WORK/key.pem" -out "$WORK/cert.pem" -days 1 \
+    -subj /CN=localhost -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
+    -addext "basicConstraints=critical,CA:FALSE" 2>/dev/null
+  rm -rf "$WORK/tls"
+  "$IRONHUB" serve --node-id 1 --data-dir "$WORK/tls" --mqtt 127.0.0.1:18861 --api 127.0.0.1:18860 \
+    --cluster 127.0.0.1:17060 --coap off --admin-token bench --tls-cert "$WORK/cert.pem" --tls-key "$WORK/key.pem" \
+    --mqtts 127.0.0.1:18862 --ws 127.0.0.1:18863 --wss 127.0.0.1:18864 --quic 127.0.0.1:18865 \
+    >"$WORK/tls.log" 2>&1 &
+  ONE=$!; PIDS+=("$ONE")
+  wait_healthy 18860
+}
+
 start_three() {
   local peers="1=127.0.0.1:17071,2=127.0.0.1:17072,3=127.0.0.1:17073"
   THREE=()
@@ -114,7 +130,7 @@ run() { # name, bench args...
 }
 
 for row in $ROWS; do
-  case $row in conn|conn-split|three-conn) fresh ;; esac
+  case $row in conn|conn-split|three-conn|transports) fresh ;; esac
   case $row in
     q0|q1|q1max|conn)
       [ -n "${MOSQ:-}" ] || start_mosquitto
@@ -134,6 +150,12 @@ for row in $ROWS; do
       [ -n "${ONE:-}" ] || start_single
       run conn-split conn --port 18861 --clients 16000 --connect-rate 2000 --duration 10 \
         --ifaddr 127.0.0.1,127.0.0.2 --broker-pid "$ONE" ;;
+    transports)
+      start_single_tls
+      for t in tcp:18861 tls:18862 ws:18863 wss:18864 quic:18865; do
+        run "transport-${t%%:*}" p2p --transport "${t%%:*}" --port "${t##*:}" --ca "$WORK/cert.pem" \
+          --pairs 50 --duration 10 --rate 0 --qos 0 --broker-pid "$ONE"
+      done ;;
     three-*)
       if [ -n "${ONE:-}" ]; then stop "$ONE"; ONE=; fi
       [ -n "${THREE:-}" ] || start_three
