@@ -138,10 +138,16 @@ pub async fn serve(mut cfg: Config) -> anyhow::Result<()> {
         })
     };
 
-    let fatal = tokio::select! {
-        _ = wait_for_signal() => None,
-        msg = node.fatal() => Some(msg),
+    let (fatal, stopped) = tokio::select! {
+        _ = wait_for_signal() => (None, None),
+        msg = node.fatal() => (Some(msg), None),
+        msg = node.group_stopped() => (None, Some(msg)),
     };
+    if let Some(msg) = &stopped {
+        tracing::error!(
+            "{msg}: exiting (code 1) so that the supervisor restarts the node; its data is intact"
+        );
+    }
     tracing::info!(
         "shutting down: closing MQTT connections, then the API, raft groups, transport and storage"
     );
@@ -152,9 +158,10 @@ pub async fn serve(mut cfg: Config) -> anyhow::Result<()> {
     }
     node.shutdown().await;
     tracing::info!("stopped");
-    match fatal {
-        Some(msg) => Err(crate::config::ConfigError { key: "cluster.peers", problem: msg }.into()),
-        None => Ok(()),
+    match (fatal, stopped) {
+        (Some(msg), _) => Err(crate::config::ConfigError { key: "cluster.peers", problem: msg }.into()),
+        (None, Some(msg)) => Err(anyhow::anyhow!("{msg}")),
+        (None, None) => Ok(()),
     }
 }
 

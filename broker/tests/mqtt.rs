@@ -170,8 +170,15 @@ type Received = std::sync::Arc<parking_lot::Mutex<BTreeSet<u64>>>;
 
 /// Receives on a persistent session until `want` distinct sequence numbers arrived, or drops the
 /// connection without DISCONNECT after `stop_after` messages (unacknowledged ones come again).
+/// Acknowledges each message only once it is recorded: rumqttc's automatic acks would also
+/// acknowledge messages it read in the same batch but never handed to us before we stop.
 async fn receive(port: u16, id: &str, got: &Received, want: usize, stop_after: Option<usize>) {
-    let (client, mut events) = rust_client(id, port, false);
+    let mut o = MqttOptions::new(id, "127.0.0.1", port);
+    o.set_clean_session(false);
+    o.set_keep_alive(Duration::from_secs(30));
+    o.set_inflight(100);
+    o.set_manual_acks(true);
+    let (client, mut events) = AsyncClient::new(o, 1000);
     let mut seen = 0;
     let deadline = Instant::now() + Duration::from_secs(60);
     while got.lock().len() < want && Instant::now() < deadline {
@@ -179,6 +186,7 @@ async fn receive(port: u16, id: &str, got: &Received, want: usize, stop_after: O
             Ok(Ok(Event::Incoming(Packet::Publish(p)))) => {
                 let b: [u8; 8] = p.payload.as_ref().try_into().expect("8 bytes");
                 got.lock().insert(u64::from_be_bytes(b));
+                client.try_ack(&p).expect("queue the PUBACK");
                 seen += 1;
                 if stop_after.is_some_and(|s| seen >= s) {
                     return;

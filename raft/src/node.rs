@@ -536,6 +536,17 @@ impl RaftNode {
             })?
     }
 
+    /// Like [`RaftNode::with_state`], but on the calling thread: for small reads of recent state (a
+    /// queue's head, an outbox round) that RocksDB serves from its memtable and block cache in
+    /// microseconds, where a trip to the blocking pool would cost two thread switches.
+    pub fn with_state_now<T>(
+        &self,
+        g: GroupId,
+        f: impl FnOnce(&StateView<'_>) -> Result<T, ironhub_storage::StorageError>,
+    ) -> Result<T, ironhub_storage::StorageError> {
+        f(&StateView { engine: self.inner.engine.as_ref(), group: g })
+    }
+
     /// Sets the handler of application messages from other nodes (once; later calls are ignored).
     pub fn set_app_handler(&self, handler: AppHandler) {
         let _ = self.inner.app_handler.set(handler);
@@ -617,6 +628,24 @@ impl RaftNode {
     /// True while every group's raft runs (no fatal storage error).
     pub fn healthy(&self) -> bool {
         self.inner.groups.iter().all(|g| g.raft.metrics().borrow_watched().running_state.is_ok())
+    }
+
+    /// Resolves when a group's raft has stopped on a fatal error (a storage failure such as a full
+    /// disk, or a snapshot it could not read), with what stopped it. Such a group never resumes in
+    /// this process: the caller should exit so the supervisor restarts the node (the stored data is
+    /// intact; RocksDB and the raft log are crash-safe).
+    pub async fn group_stopped(&self) -> String {
+        loop {
+            for g in &self.inner.groups {
+                if let Err(e) = &g.raft.metrics().borrow_watched().running_state {
+                    return format!("raft group {} stopped: {e}", g.id);
+                }
+            }
+            tokio::select! {
+                _ = self.inner.shutdown.cancelled() => std::future::pending::<()>().await,
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+        }
     }
 
     /// Stops batchers, rafts, the transport and the flusher, in that order.

@@ -49,6 +49,9 @@ struct Shared {
     /// Held while applying and while building or installing a snapshot.
     lock: Mutex<()>,
     metrics: RaftMetrics,
+    /// The snapshot file the current one replaced, kept until the next replacement: a transfer to a
+    /// follower that started with it can still read it.
+    retired: Mutex<Option<PathBuf>>,
 }
 
 /// The state machine of one raft group (cheap to clone: all clones share one state).
@@ -85,15 +88,24 @@ impl GroupStateMachine {
             source: e,
         })?;
         let sm = Self {
-            shared: Arc::new(Shared { group, engine, app, dir: snapshot_dir, lock: Mutex::new(()), metrics }),
+            shared: Arc::new(Shared {
+                group,
+                engine,
+                app,
+                dir: snapshot_dir,
+                lock: Mutex::new(()),
+                metrics,
+                retired: Mutex::new(None),
+            }),
         };
         if let Some(path) = snapshot::interrupted_install(sm.shared.engine.as_ref(), group)? {
             tracing::warn!(group, path = %path.display(), "finishing a snapshot install interrupted by a crash");
             let meta: SnapshotMeta = codec::decode(&snapshot::read_snapshot_meta(&path)?, "snapshot meta")?;
             let previous = sm.current()?;
             sm.install_file(&meta, &path)?;
-            // As an install that was not interrupted does, drop the snapshot this one replaced.
-            sm.remove_old(previous, &path);
+            // As an install that was not interrupted does, drop the snapshot this one replaced
+            // (at once: no transfer can be reading it while the node opens).
+            sm.remove_old(previous, &path, false);
         }
         let view = StateView { engine: sm.shared.engine.as_ref(), group };
         sm.shared.app.restore(group, &view)?;
@@ -247,20 +259,28 @@ impl GroupStateMachine {
             return Ok((prev.meta.clone(), SnapshotFile { path, size: prev.size }));
         }
         s.engine.write(&b, true)?;
-        self.remove_old(previous, &file.path);
+        self.remove_old(previous, &file.path, true);
         s.metrics.observe_snapshot(s.group, "built", file.size, started.elapsed());
         tracing::info!(group = s.group, last = ?meta.last_log_id, bytes = file.size, "snapshot built");
         Ok((meta, file))
     }
 
-    /// Deletes the snapshot file a newer one replaced (never the one just made current).
-    fn remove_old(&self, previous: Option<CurrentSnapshot>, current: &std::path::Path) {
-        if let Some(prev) = previous {
-            let p = PathBuf::from(prev.path);
-            // The install marker holds an absolute path, the record maybe a relative one.
-            if std::path::absolute(&p).ok() != std::path::absolute(current).ok() {
-                if let Err(e) = std::fs::remove_file(&p) {
-                    tracing::debug!(path = %p.display(), "old snapshot not removed: {e}");
+    /// Retires the snapshot file a newer one replaced, deleting the one retired before it (never the
+    /// one just made current); `retire: false` deletes it at once. One replaced generation stays on
+    /// disk so that a snapshot transfer that began with it does not lose its file mid-way.
+    fn remove_old(&self, previous: Option<CurrentSnapshot>, current: &std::path::Path, retire: bool) {
+        let Some(prev) = previous else { return };
+        let same = |a: &std::path::Path| std::path::absolute(a).ok() == std::path::absolute(current).ok();
+        let p = PathBuf::from(prev.path);
+        // The install marker holds an absolute path, the record maybe a relative one.
+        if same(&p) {
+            return;
+        }
+        let old = if retire { self.shared.retired.lock().replace(p) } else { Some(p) };
+        if let Some(old) = old {
+            if !same(&old) {
+                if let Err(e) = std::fs::remove_file(&old) {
+                    tracing::debug!(path = %old.display(), "old snapshot not removed: {e}");
                 }
             }
         }
@@ -292,7 +312,7 @@ impl GroupStateMachine {
         }
         let previous = self.current()?;
         self.install_file(meta, &target)?;
-        self.remove_old(previous, &target);
+        self.remove_old(previous, &target, true);
         let view = StateView { engine: s.engine.as_ref(), group: s.group };
         s.app.restore(s.group, &view)?;
         s.metrics.observe_snapshot(s.group, "installed", file.size, started.elapsed());
@@ -356,16 +376,18 @@ impl RaftStateMachine<TypeConfig> for GroupStateMachine {
         &mut self,
     ) -> Result<Option<openraft::alias::SnapshotOf<TypeConfig, SnapshotFile>>, io::Error> {
         let this = self.clone();
-        let cur = blocking(move || this.current()).await?;
-        Ok(cur.and_then(|c| {
+        // Under the lock, so a build or install that replaces the snapshot cannot retire the file
+        // between reading the record and checking the file.
+        let cur = blocking(move || {
+            let _guard = this.shared.lock.lock();
+            Ok(this.current()?.filter(|c| std::path::Path::new(&c.path).exists()))
+        })
+        .await?;
+        // A snapshot file that vanished (removed by hand) is as if no snapshot existed: openraft
+        // then builds a new one.
+        Ok(cur.map(|c| {
             let path = PathBuf::from(c.path);
-            // A snapshot file that vanished (removed by hand) is as if no snapshot existed:
-            // openraft then builds a new one.
-            if path.exists() {
-                Some(openraft::Snapshot { meta: c.meta, snapshot: SnapshotFile { path, size: c.size } })
-            } else {
-                None
-            }
+            openraft::Snapshot { meta: c.meta, snapshot: SnapshotFile { path, size: c.size } }
         }))
     }
 }

@@ -30,6 +30,9 @@ use super::{now_ms, proto, Broker};
 use crate::state::session::{queue_key, queue_seq, Message, Owner, Props, Queued, SessionCommand, Sub, Will};
 use crate::state::{retained_key, Command, Response, Retained, RETAINED};
 
+/// Least time between two stored ack cursors of one connection (DESIGN: acks as cursors).
+const ACK_INTERVAL: Duration = Duration::from_millis(20);
+
 /// First packet id of retained-message deliveries (not from the queue).
 const TRANSIENT_PKID: u16 = 32768;
 
@@ -579,6 +582,7 @@ impl<W: AsyncWrite + Unpin> Conn<W> {
                     retain: w.retain,
                     props: props.unwrap_or_default(),
                     at_ms: 0,
+                    node: 0,
                     from: self.client.clone(),
                 };
                 Some(Will { msg, delay_s })
@@ -875,6 +879,7 @@ impl<W: AsyncWrite + Unpin> Conn<W> {
             retain: p.retain,
             props,
             at_ms: now_ms(),
+            node: self.b.node_id(),
             from: self.client.clone(),
         };
         let b = self.b.clone();
@@ -1035,6 +1040,7 @@ impl<W: AsyncWrite + Unpin> Conn<W> {
                             retain: true,
                             props: r.props,
                             at_ms: r.at_ms,
+                            node: 0,
                             from: String::new(),
                         };
                         let qos = r.qos.min(sub.qos);
@@ -1160,12 +1166,10 @@ impl<W: AsyncWrite + Unpin> Conn<W> {
             if room == 0 || self.cursor >= window_end {
                 return Ok(());
             }
-            let rows = read_queue(self.b.clone(), self.group, self.client.clone(), self.cursor, room.min(64))
-                .await?;
+            let rows = read_queue(&self.b, self.group, &self.client, self.cursor, room.min(64))?;
             if rows.is_empty() {
                 return Ok(());
             }
-            let now = now_ms();
             for (seq, q) in rows {
                 if seq >= window_end {
                     return Ok(());
@@ -1178,7 +1182,7 @@ impl<W: AsyncWrite + Unpin> Conn<W> {
                 if self.inflight.contains_key(&seq) {
                     continue;
                 }
-                if q.msg.expired(now, self.b.cfg.queue_retention_s) {
+                if q.msg.expired(self.b.router.clocks.age_ms(&q.msg), self.b.cfg.queue_retention_s) {
                     self.b.router.metrics.dropped.with_label_values(&["expired"]).inc();
                     self.complete(seq);
                     continue;
@@ -1261,7 +1265,14 @@ impl<W: AsyncWrite + Unpin> Conn<W> {
         });
         let (b, g) = (self.b.clone(), self.group);
         Some(Box::pin(async move {
+            let started = Instant::now();
             let r = propose_patiently(&b, g, cmd, Duration::from_secs(5)).await;
+            // Cursor-only updates go at most every ACK_INTERVAL: acks arriving meanwhile ride on
+            // the next one (fewer commits; a cursor behind only means redelivery after failover).
+            // One that releases QoS 2 messages completes at once: its PUBRELs wait for it.
+            if rel.is_empty() {
+                tokio::time::sleep_until(started + ACK_INTERVAL).await;
+            }
             (rel, r)
         }))
     }
@@ -1320,18 +1331,11 @@ impl<W: AsyncWrite + Unpin> Conn<W> {
 }
 
 /// Reads up to `limit` queue entries of `client` from `cursor` (local applied state).
-async fn read_queue(
-    b: Arc<Broker>,
-    group: GroupId,
-    client: String,
-    cursor: u64,
-    limit: usize,
-) -> Result<QueueRows, End> {
-    let (from, to) = (queue_key(&client, cursor), queue_key(&client, u64::MAX));
+fn read_queue(b: &Broker, group: GroupId, client: &str, cursor: u64, limit: usize) -> Result<QueueRows, End> {
+    let (from, to) = (queue_key(client, cursor), queue_key(client, u64::MAX));
     let rows = b
         .node
-        .with_state(group, move |v| v.scan(&from, &to, limit))
-        .await
+        .with_state_now(group, |v| v.scan(&from, &to, limit))
         .map_err(|e| violation(0x80, format!("reading the queue: {e}")))?;
     rows.into_iter()
         .map(|(k, v)| {

@@ -100,7 +100,7 @@ struct Round {
 /// Fans out `g`'s outbox in rounds. Rounds overlap: while one round's `Enqueue`s commit, the next
 /// round is read and its route barrier taken; its `Enqueue`s are proposed only after the previous
 /// round's committed (each target partition must see one source's messages in id order), and the
-/// `OutboxDone` cursor is committed in the background.
+/// `OutboxDone` cursor is committed in the background, coalesced ([`commit_done`]).
 async fn outbox_loop(b: Arc<Broker>, g: GroupId, cancel: CancellationToken) {
     let Some(signal) = b.router.outbox_signal(g) else { return };
     let partitions: Vec<GroupId> = (1..=b.node.partitions()).collect();
@@ -108,19 +108,18 @@ async fn outbox_loop(b: Arc<Broker>, g: GroupId, cancel: CancellationToken) {
     // The last message handed to a round; `None`: start after the stored cursor.
     let mut handed: Option<MsgId> = None;
     let mut inflight: Option<Round> = None;
+    let (done_tx, done_rx) = tokio::sync::watch::channel(None);
+    b.tasks.spawn(commit_done(b.clone(), g, done_rx, cancel.clone()));
     loop {
         // Everything applied on this node (the leader) up to now.
-        let rows = b
-            .node
-            .with_state(g, move |v| {
-                let after: Option<MsgId> = match handed {
-                    Some(id) => Some(id),
-                    None => v.get(OUTBOX_DONE)?.map(|raw| wire::decode(&raw, "outbox cursor")).transpose()?,
-                };
-                let from = after.map_or(outbox_key((0, 0)), |(i, s)| outbox_key((i, s + 1)));
-                v.scan(&from, &outbox_key((u64::MAX, u32::MAX)), ROUND)
-            })
-            .await;
+        let rows = b.node.with_state_now(g, |v| {
+            let after: Option<MsgId> = match handed {
+                Some(id) => Some(id),
+                None => v.get(OUTBOX_DONE)?.map(|raw| wire::decode(&raw, "outbox cursor")).transpose()?,
+            };
+            let from = after.map_or(outbox_key((0, 0)), |(i, s)| outbox_key((i, s + 1)));
+            v.scan(&from, &outbox_key((u64::MAX, u32::MAX)), ROUND)
+        });
         let rows = match rows {
             Ok(r) => r,
             Err(e) => {
@@ -131,7 +130,7 @@ async fn outbox_loop(b: Arc<Broker>, g: GroupId, cancel: CancellationToken) {
         b.router.metrics.outbox_depth.with_label_values(&[&label]).set(rows.len() as i64);
         if rows.is_empty() {
             if let Some(round) = inflight.take() {
-                if !finish(&b, g, round, &cancel).await {
+                if !finish(&b, round, &done_tx).await {
                     return;
                 }
                 continue;
@@ -144,8 +143,10 @@ async fn outbox_loop(b: Arc<Broker>, g: GroupId, cancel: CancellationToken) {
             continue;
         }
         // Route barrier: every subscription committed before these messages is in the local view.
-        let barrier = join_all(partitions.iter().map(|p| b.node.read_barrier(*p))).await;
-        if let Some(Err(e)) = barrier.into_iter().find(Result::is_err) {
+        let started = Instant::now();
+        let barrier = route_barrier(&b, &partitions).await;
+        b.router.metrics.fanout_step.with_label_values(&["barrier"]).observe(started.elapsed().as_secs_f64());
+        if let Err(e) = barrier {
             tracing::debug!(group = g, "route barrier: {e}");
             tokio::select! {
                 _ = cancel.cancelled() => return,
@@ -176,7 +177,7 @@ async fn outbox_loop(b: Arc<Broker>, g: GroupId, cancel: CancellationToken) {
             }
         }
         if let Some(round) = inflight.take() {
-            if !finish(&b, g, round, &cancel).await {
+            if !finish(&b, round, &done_tx).await {
                 return;
             }
         }
@@ -187,25 +188,87 @@ async fn outbox_loop(b: Arc<Broker>, g: GroupId, cancel: CancellationToken) {
             async move { propose_until(&b, p, &cmd, &cancel).await.is_some() }
         });
         let enqueues = join_all(enqueues);
-        let enqueued = b.tasks.spawn(async move { enqueues.await.into_iter().all(|ok| ok) });
+        let step = b.router.metrics.fanout_step.with_label_values(&["enqueue"]);
+        let enqueued = b.tasks.spawn(async move {
+            let started = Instant::now();
+            let ok = enqueues.await.into_iter().all(|ok| ok);
+            step.observe(started.elapsed().as_secs_f64());
+            ok
+        });
         inflight = Some(Round { enqueued, last, oldest_ms });
         handed = Some(last);
     }
 }
 
-/// Waits for a round's `Enqueue`s, then commits its `OutboxDone` in the background. False when the
-/// round was cancelled (leadership lost: the next leader resumes from the stored cursor).
-async fn finish(b: &Arc<Broker>, g: GroupId, round: Round, cancel: &CancellationToken) -> bool {
+/// Route barrier: once it returns, every subscription committed before it started is in this
+/// node's route view. Partitions this node leads take a local read barrier. For the others, one
+/// message per leader: the leader takes its read barrier and answers with the index of its last
+/// applied route-changing command in each (`Router::route_index`), and this node waits to have
+/// applied that far — usually already done. Waiting for the leader's newest commit index instead
+/// would cost up to a heartbeat per round, since a follower learns it with the next append.
+async fn route_barrier(b: &Broker, partitions: &[GroupId]) -> Result<(), String> {
+    let me = b.node_id();
+    let mut remote: BTreeMap<NodeId, Vec<GroupId>> = BTreeMap::new();
+    let mut local = Vec::new();
+    for p in partitions {
+        match b.node.leader(*p) {
+            Some(l) if l != me => remote.entry(l).or_default().push(*p),
+            _ => local.push(*p),
+        }
+    }
+    let local = join_all(local.iter().map(|p| b.node.read_barrier(*p)));
+    let remote = join_all(remote.into_iter().map(|(node, groups)| async move {
+        let body = wire::encode(&AppMessage::RouteBarrier(groups.clone())).map_err(|e| e.to_string())?;
+        let reply = b.node.call_app(node, body.into(), Duration::from_secs(5)).await?;
+        let current: Vec<Option<u64>> =
+            wire::decode(&reply, "route barrier reply").map_err(|e| e.to_string())?;
+        if current.len() != groups.len() {
+            return Err(format!("node {node} answered {} of {} groups", current.len(), groups.len()));
+        }
+        for (g, index) in groups.iter().zip(current) {
+            let index = index.ok_or_else(|| format!("node {node}: no read barrier for group {g}"))?;
+            b.node.wait_applied(*g, index).await.map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }));
+    let (local, remote) = futures::future::join(local, remote).await;
+    local.into_iter().try_for_each(|r| r.map_err(|e| e.to_string()))?;
+    remote.into_iter().collect()
+}
+
+/// Waits for a round's `Enqueue`s, then hands its last message to the `OutboxDone` committer. False
+/// when the round was cancelled (leadership lost: the next leader resumes from the stored cursor).
+async fn finish(b: &Arc<Broker>, round: Round, done: &tokio::sync::watch::Sender<Option<MsgId>>) -> bool {
     if !round.enqueued.await.unwrap_or(false) {
         return false;
     }
     if round.oldest_ms != u64::MAX {
         b.router.metrics.fanout_lag.observe(now_ms().saturating_sub(round.oldest_ms) as f64 / 1000.0);
     }
-    let done = Command::Session(SessionCommand::OutboxDone { upto: round.last });
-    let (b2, cancel) = (b.clone(), cancel.clone());
-    b.tasks.spawn(async move { propose_until(&b2, g, &done, &cancel).await });
+    done.send_replace(Some(round.last));
     true
+}
+
+/// Commits the `OutboxDone` cursor of `g`: one proposal at a time, always the latest finished round
+/// (rounds finished meanwhile collapse into one). A cursor behind only costs re-enqueues after a
+/// leader change, which `Enqueue` ignores.
+async fn commit_done(
+    b: Arc<Broker>,
+    g: GroupId,
+    mut done: tokio::sync::watch::Receiver<Option<MsgId>>,
+    cancel: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            changed = done.changed() => if changed.is_err() { return },
+        }
+        let Some(upto) = *done.borrow_and_update() else { continue };
+        let cmd = Command::Session(SessionCommand::OutboxDone { upto });
+        if propose_until(&b, g, &cmd, &cancel).await.is_none() {
+            return;
+        }
+    }
 }
 
 async fn timer_loop(b: Arc<Broker>, g: GroupId, cancel: CancellationToken) {

@@ -27,6 +27,10 @@ pub struct MqttMetrics {
     pub outbox_depth: IntGaugeVec,
     /// Time from a message's commit to its fan-out (seconds).
     pub fanout_lag: Histogram,
+    /// How far this node's clock leads each peer's, ms (estimated from the messages they stamp).
+    pub clock_lead: IntGaugeVec,
+    /// Time of each fan-out step: `barrier` (route barrier), `enqueue` (Enqueue commits of a round).
+    pub fanout_step: HistogramVec,
     /// Time from PUBLISH accepted to delivery to a subscriber, by QoS (seconds).
     pub deliver_latency: HistogramVec,
     /// Sessions taken over by a newer connection.
@@ -81,6 +85,15 @@ impl MqttMetrics {
                 HistogramOpts::new("ironhub_fanout_lag_seconds", "From publish to fan-out committed")
                     .buckets(buckets.clone()),
             )?,
+            clock_lead: IntGaugeVec::new(
+                Opts::new("ironhub_clock_lead_ms", "How far this node's wall clock leads a peer's, ms"),
+                &["node"],
+            )?,
+            fanout_step: HistogramVec::new(
+                HistogramOpts::new("ironhub_fanout_step_seconds", "Time of one fan-out step, by step")
+                    .buckets(buckets.clone()),
+                &["step"],
+            )?,
             deliver_latency: HistogramVec::new(
                 HistogramOpts::new(
                     "ironhub_publish_deliver_seconds",
@@ -101,6 +114,8 @@ impl MqttMetrics {
         registry.register(Box::new(m.queue_depth.clone()))?;
         registry.register(Box::new(m.outbox_depth.clone()))?;
         registry.register(Box::new(m.fanout_lag.clone()))?;
+        registry.register(Box::new(m.fanout_step.clone()))?;
+        registry.register(Box::new(m.clock_lead.clone()))?;
         registry.register(Box::new(m.deliver_latency.clone()))?;
         registry.register(Box::new(m.takeovers.clone()))?;
         Ok(m)

@@ -8,6 +8,7 @@
 //!   and the watchdog that drops clients of partitions this node cannot reach.
 //! - [`listen`]: TCP, TLS, WebSocket, secure WebSocket and QUIC listeners.
 
+pub mod clock;
 pub mod codec;
 pub mod conn;
 pub mod fanout;
@@ -23,7 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use ironhub_raft::{NodeId, RaftNode};
+use ironhub_raft::{GroupId, NodeId, RaftNode};
 use ironhub_storage::codec as wire;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
@@ -40,6 +41,9 @@ pub enum AppMessage {
     Deliver(RemoteBatch),
     /// Session audit of a partition leader: which of these (client, connection) does the node hold?
     Audit(Vec<(String, u64)>),
+    /// Route barrier of a fan-out round: for each group, after a read barrier, the index this
+    /// node's route view of it is current to (`Router::route_index`); `None` where the read failed.
+    RouteBarrier(Vec<GroupId>),
 }
 
 /// The answer to [`AppMessage::Audit`]: the connections the node does NOT hold.
@@ -101,7 +105,7 @@ impl Broker {
         let b = broker.clone();
         broker.node.set_app_handler(Arc::new(move |from, body| {
             let b = b.clone();
-            Box::pin(async move { b.handle_app(from, body) })
+            Box::pin(async move { b.handle_app(from, body).await })
         }));
         broker
     }
@@ -143,7 +147,7 @@ impl Broker {
         e.1 <= self.cfg.connect_rate_per_min
     }
 
-    fn handle_app(&self, _from: NodeId, body: Bytes) -> Result<Bytes, String> {
+    async fn handle_app(&self, _from: NodeId, body: Bytes) -> Result<Bytes, String> {
         let msg: AppMessage = wire::decode(&body, "MQTT node message").map_err(|e| e.to_string())?;
         match msg {
             AppMessage::Deliver(batch) => {
@@ -159,6 +163,14 @@ impl Broker {
                 let gone =
                     conns.into_iter().filter(|(c, id)| !self.router.holds(c, *id)).map(|(c, _)| c).collect();
                 wire::encode(&AuditReply { gone }).map(Bytes::from).map_err(|e| e.to_string())
+            }
+            AppMessage::RouteBarrier(groups) => {
+                let current = futures::future::join_all(groups.iter().map(|g| async move {
+                    self.node.read_barrier(*g).await.ok()?;
+                    Some(self.router.route_index(*g, self.node.applied(*g)))
+                }))
+                .await;
+                wire::encode(&current).map(Bytes::from).map_err(|e| e.to_string())
             }
         }
     }

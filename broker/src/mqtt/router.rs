@@ -12,6 +12,7 @@ use ironhub_storage::{codec, StorageError};
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::{mpsc, watch, Notify};
 
+use super::clock::PeerClocks;
 use super::metrics::MqttMetrics;
 use super::trie::Trie;
 use crate::state::session::{Message, Owner, Session, Sub, SESSIONS};
@@ -116,6 +117,11 @@ pub struct Router {
     pending: Mutex<HashMap<GroupId, Pending>>,
     remote: Mutex<HashMap<NodeId, mpsc::Sender<RemoteItem>>>,
     node: OnceLock<RaftNode>,
+    /// Peers' clock offsets, to age messages by the clock that stamped them.
+    pub clocks: PeerClocks,
+    /// Per group: the index of the last applied command that may have changed routes (u64::MAX:
+    /// not known since the state was loaded or replaced).
+    route_index: Vec<AtomicU64>,
     /// Metrics.
     pub metrics: MqttMetrics,
 }
@@ -147,6 +153,8 @@ impl Router {
             pending: Mutex::new(HashMap::new()),
             remote: Mutex::new(HashMap::new()),
             node: OnceLock::new(),
+            clocks: PeerClocks::new(node_id, metrics.clock_lead.clone()),
+            route_index: (0..=1024).map(|_| AtomicU64::new(u64::MAX)).collect(),
             metrics,
         }
     }
@@ -154,6 +162,16 @@ impl Router {
     /// Connects the view to its raft node (for cross-node QoS 0 delivery).
     pub fn set_node(&self, node: RaftNode) {
         let _ = self.node.set(node);
+    }
+
+    /// The log index up to which `g` must be applied for this node's route view to hold every
+    /// subscription it has applied so far: the last route-changing command, or `applied` when
+    /// that is not known (state just loaded).
+    pub fn route_index(&self, g: GroupId, applied: u64) -> u64 {
+        match self.route_index.get(g as usize).map(|i| i.load(Ordering::Acquire)) {
+            Some(u64::MAX) | None => applied,
+            Some(i) => i.min(applied),
+        }
     }
 
     /// Notified when `g`'s outbox grew.
@@ -400,7 +418,14 @@ impl Hooks for Router {
         self.pending.lock().entry(group).or_default().clients.push(client.to_string());
     }
 
-    fn outbox_appended(&self, group: GroupId) {
+    fn routes_changed(&self, group: GroupId, index: u64) {
+        if let Some(i) = self.route_index.get(group as usize) {
+            i.store(index, Ordering::Release);
+        }
+    }
+
+    fn outbox_appended(&self, group: GroupId, msg: &Message) {
+        self.clocks.observe(msg.node, msg.at_ms);
         self.pending.lock().entry(group).or_default().outbox = true;
     }
 
@@ -426,6 +451,9 @@ impl Hooks for Router {
     }
 
     fn restore(&self, group: GroupId, state: &StateView<'_>) -> Result<(), StorageError> {
+        if let Some(i) = self.route_index.get(group as usize) {
+            i.store(u64::MAX, Ordering::Release);
+        }
         let stale: Vec<String> = self
             .index
             .read()
@@ -491,6 +519,7 @@ mod tests {
             retain: false,
             props: Props::default(),
             at_ms: 0,
+            node: 0,
             from: "pub".into(),
         }
     }

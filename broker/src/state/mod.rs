@@ -32,7 +32,10 @@ pub trait Hooks: Send + Sync + 'static {
     /// Messages were appended to `client`'s queue (readable once `committed` is called).
     fn queue_appended(&self, _group: GroupId, _client: &str) {}
     /// A message was appended to `group`'s outbox (readable once `committed` is called).
-    fn outbox_appended(&self, _group: GroupId) {}
+    fn outbox_appended(&self, _group: GroupId, _msg: &session::Message) {}
+    /// A command that may change routes (connect, subscribe, unsubscribe, session end) was
+    /// applied at `index` of `group` (see `Router::route_index`).
+    fn routes_changed(&self, _group: GroupId, _index: u64) {}
     /// The writes of the commands applied so far in `group` are readable.
     fn committed(&self, _group: GroupId) {}
     /// Queued messages were dropped because a queue was full.
@@ -165,7 +168,12 @@ impl Apply for HubState {
                 }
                 Response::Applied { index: ctx.index, slot: ctx.slot }
             }
-            Ok(Command::Session(cmd)) => session::apply(ctx, cmd, txn, self.hooks.as_ref())?,
+            Ok(Command::Session(cmd)) => {
+                if cmd.may_change_routes() {
+                    self.hooks.routes_changed(ctx.group, ctx.index);
+                }
+                session::apply(ctx, cmd, txn, self.hooks.as_ref())?
+            }
         };
         codec::encode(&response).map(Bytes::from)
     }

@@ -51,7 +51,7 @@ pub struct Props {
 }
 
 /// A published message.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Message {
     /// Topic name.
     pub topic: String,
@@ -65,14 +65,16 @@ pub struct Message {
     pub props: Props,
     /// Publisher's wall clock when accepted, ms since the epoch.
     pub at_ms: u64,
+    /// The node whose clock stamped `at_ms` (0: not known), see `mqtt::clock`.
+    pub node: u64,
     /// Publisher's client id (for no-local); empty for the API.
     pub from: String,
 }
 
 impl Message {
-    /// True once the message's expiry interval, or the queue retention, has passed at `now_ms`.
-    pub fn expired(&self, now_ms: u64, retention_s: u64) -> bool {
-        let age_s = now_ms.saturating_sub(self.at_ms) / 1000;
+    /// True once the message's expiry interval, or the queue retention, has passed at age `age_ms`.
+    pub fn expired(&self, age_ms: u64, retention_s: u64) -> bool {
+        let age_s = age_ms / 1000;
         age_s >= retention_s || self.props.expiry_s.is_some_and(|e| age_s >= u64::from(e))
     }
 }
@@ -303,6 +305,21 @@ pub enum SessionCommand {
     },
 }
 
+impl SessionCommand {
+    /// True for the commands that can change who subscribes to what (everything but message
+    /// traffic), which the route barrier waits for.
+    pub fn may_change_routes(&self) -> bool {
+        !matches!(
+            self,
+            Self::Publish { .. }
+                | Self::Released { .. }
+                | Self::Acked { .. }
+                | Self::Enqueue { .. }
+                | Self::OutboxDone { .. }
+        )
+    }
+}
+
 /// Key of the publish window of `client`'s current connection.
 fn window_key(client: &str) -> Vec<u8> {
     [b"p/".as_slice(), client.as_bytes()].concat()
@@ -436,7 +453,7 @@ fn to_outbox(
     hooks: &dyn Hooks,
 ) -> Result<(), StorageError> {
     txn.put(&outbox_key((ctx.index, ctx.slot)), &codec::encode(msg)?);
-    hooks.outbox_appended(txn.group());
+    hooks.outbox_appended(txn.group(), msg);
     Ok(())
 }
 
@@ -691,7 +708,10 @@ pub fn apply(
             let done: Option<MsgId> =
                 txn.get(OUTBOX_DONE)?.map(|v| codec::decode(&v, "outbox cursor")).transpose()?;
             if done.is_none_or(|d| d < upto) {
-                let rows = txn.scan(&outbox_key((0, 0)), &outbox_key(upto), usize::MAX)?;
+                // From the previous cursor, not the start: the rows before it are deleted, and
+                // iterating over their tombstones cost more than the rest of the round.
+                let from = done.map_or(outbox_key((0, 0)), |(i, s)| outbox_key((i, s + 1)));
+                let rows = txn.scan(&from, &outbox_key(upto), usize::MAX)?;
                 for (k, _) in rows {
                     txn.delete(&k);
                 }
@@ -828,6 +848,7 @@ mod tests {
             retain: false,
             props: Props::default(),
             at_ms: 1_000,
+            node: 0,
             from: String::new(),
         }
     }
