@@ -11,7 +11,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 ## mosquitto-clients and paho-mqtt, libfaketime for ironhub-chaos's clock-skew fault).
 deps:
 	@missing=""; \
-	for p in clang libclang-dev mosquitto mosquitto-clients curl faketime; do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	for p in clang libclang-dev mosquitto mosquitto-clients curl faketime fonts-dejavu-core; do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing >/dev/null; \

@@ -328,47 +328,142 @@ pub struct PlotError {
     why: String,
 }
 
-/// One plotted line: its points and colour.
-type Series = (Vec<(f64, f64)>, plotters::style::RGBColor);
+/// One plotted line: its name, points and colour.
+type Series = (&'static str, Vec<(f64, f64)>, plotters::style::RGBColor);
 
-/// Draws the timeline as a PNG: top panel throughput (blue = out, red = in, msg/s), bottom panel
-/// latency (green = p50, red = p99). No text: plotters' text needs system fonts, which a bare
-/// machine may lack; the JSON carries the numbers.
+/// Where a TrueType sans-serif font is looked for (Debian/Ubuntu `fonts-dejavu-core` first), after
+/// the file named by `IRONHUB_BENCH_FONT`. No font is shipped with ironhub.
+const FONT_CANDIDATES: &[&str] = &[
+    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/TTF/DejaVuSans.ttf",
+    "/usr/share/fonts/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/dejavu-sans-fonts/DejaVuSans.ttf",
+    "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf",
+    "/usr/share/fonts/liberation-sans/LiberationSans-Regular.ttf",
+    "/System/Library/Fonts/Supplemental/Arial.ttf",
+    "/Library/Fonts/Arial.ttf",
+];
+
+/// Registers a system TrueType font as plotters' "sans-serif" (once per process); false when
+/// none could be loaded, in which case the plot is drawn without text.
+fn plot_font() -> bool {
+    static LOADED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *LOADED.get_or_init(|| {
+        let from_env = std::env::var("IRONHUB_BENCH_FONT").ok();
+        for path in from_env.iter().map(String::as_str).chain(FONT_CANDIDATES.iter().copied()) {
+            let Ok(bytes) = std::fs::read(path) else { continue };
+            // plotters keeps the font for the process lifetime; leaked once, guarded by the OnceLock.
+            let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+            if plotters::style::register_font("sans-serif", plotters::style::FontStyle::Normal, bytes).is_ok()
+            {
+                return true;
+            }
+        }
+        false
+    })
+}
+
+/// Draws the timeline as a PNG: top panel throughput (msg/s, blue = out, red = in), bottom panel
+/// latency (ms, green = p50, red = p99), x axis time in seconds. Axis labels, ticks and legends
+/// need a TrueType font from the system (see [`FONT_CANDIDATES`]); without one the same panels
+/// are drawn with no text and one line on stderr says so. The JSON carries the numbers either way.
 pub fn plot(r: &RunResult, path: &Path) -> Result<(), PlotError> {
+    use plotters::prelude::*;
+    let text = plot_font();
+    if !text {
+        eprintln!(
+            "plot: no TrueType font found (install fonts-dejavu-core or set IRONHUB_BENCH_FONT); drawing it without axis labels"
+        );
+    }
+    let t_max = r.timeline.last().map(|s| s.t_s).unwrap_or(1.0).max(1.0);
+    let panels = [
+        Panel {
+            caption: "throughput",
+            y_desc: "msg/s",
+            series: vec![
+                ("out", r.timeline.iter().map(|s| (s.t_s, s.out_per_s)).collect(), BLUE),
+                ("in", r.timeline.iter().map(|s| (s.t_s, s.in_per_s)).collect(), RED),
+            ],
+        },
+        Panel {
+            caption: "latency",
+            y_desc: "latency (ms)",
+            series: vec![
+                ("p50", r.timeline.iter().map(|s| (s.t_s, s.p50_us as f64 / 1000.0)).collect(), GREEN),
+                ("p99", r.timeline.iter().map(|s| (s.t_s, s.p99_us as f64 / 1000.0)).collect(), RED),
+            ],
+        },
+    ];
+    draw_panels(path, t_max, panels, text)
+}
+
+/// One panel of the plot: a title, the y axis description and its lines.
+struct Panel {
+    caption: &'static str,
+    y_desc: &'static str,
+    series: Vec<Series>,
+}
+
+/// Draws the two panels stacked into a 900x600 PNG; `text` = with caption, axes and legend.
+fn draw_panels(path: &Path, t_max: f64, panels: [Panel; 2], text: bool) -> Result<(), PlotError> {
     use plotters::prelude::*;
     let err = |e: &dyn std::fmt::Display| PlotError { path: path.display().to_string(), why: e.to_string() };
     let root = BitMapBackend::new(path, (900, 600)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err(&e))?;
     let (top, bottom) = root.split_vertically(300);
-    let t_max = r.timeline.last().map(|s| s.t_s).unwrap_or(1.0).max(1.0);
-    let panels: [(&DrawingArea<_, _>, Vec<Series>); 2] = [
-        (
-            &top,
-            vec![
-                (r.timeline.iter().map(|s| (s.t_s, s.out_per_s)).collect(), BLUE),
-                (r.timeline.iter().map(|s| (s.t_s, s.in_per_s)).collect(), RED),
-            ],
-        ),
-        (
-            &bottom,
-            vec![
-                (r.timeline.iter().map(|s| (s.t_s, s.p50_us as f64 / 1000.0)).collect(), GREEN),
-                (r.timeline.iter().map(|s| (s.t_s, s.p99_us as f64 / 1000.0)).collect(), RED),
-            ],
-        ),
-    ];
-    for (area, series) in panels {
-        let y_max = series.iter().flat_map(|(pts, _)| pts.iter().map(|p| p.1)).fold(1.0, f64::max) * 1.1;
-        let mut chart = ChartBuilder::on(area)
-            .margin(10)
-            .build_cartesian_2d(0.0..t_max, 0.0..y_max)
-            .map_err(|e| err(&e))?;
-        chart
-            .plotting_area()
-            .draw(&Rectangle::new([(0.0, 0.0), (t_max, y_max)], BLACK.stroke_width(1)))
-            .map_err(|e| err(&e))?;
-        for (pts, color) in series {
-            chart.draw_series(LineSeries::new(pts, color.stroke_width(2))).map_err(|e| err(&e))?;
+    for (area, panel) in [&top, &bottom].into_iter().zip(panels) {
+        let data_max =
+            panel.series.iter().flat_map(|(_, pts, _)| pts.iter().map(|p| p.1)).fold(0.0, f64::max);
+        // Headroom above the data keeps the legend (upper right) off the lines.
+        let y_max = data_max.max(1.0) * if text { 1.35 } else { 1.1 };
+        let mut builder = ChartBuilder::on(area);
+        builder.margin(10);
+        if text {
+            builder.caption(panel.caption, ("sans-serif", 18)).x_label_area_size(40).y_label_area_size(70);
+        }
+        let mut chart = builder.build_cartesian_2d(0.0..t_max, 0.0..y_max).map_err(|e| err(&e))?;
+        if text {
+            let decimals = if y_max >= 20.0 {
+                0
+            } else if y_max >= 2.0 {
+                1
+            } else {
+                2
+            };
+            chart
+                .configure_mesh()
+                .x_desc("time (s)")
+                .y_desc(panel.y_desc)
+                .x_label_formatter(&|x| format!("{x:.1}"))
+                .y_label_formatter(&|y| format!("{y:.decimals$}"))
+                .label_style(("sans-serif", 13))
+                .axis_desc_style(("sans-serif", 14))
+                .light_line_style(RGBColor(242, 242, 242))
+                .draw()
+                .map_err(|e| err(&e))?;
+        } else {
+            chart
+                .plotting_area()
+                .draw(&Rectangle::new([(0.0, 0.0), (t_max, y_max)], BLACK.stroke_width(1)))
+                .map_err(|e| err(&e))?;
+        }
+        for (i, (name, pts, color)) in panel.series.into_iter().enumerate() {
+            // The first line is wider so it still shows when the second one lies on top of it.
+            let style = color.stroke_width(if i == 0 { 4 } else { 2 });
+            let drawn = chart.draw_series(LineSeries::new(pts, style)).map_err(|e| err(&e))?;
+            if text {
+                drawn.label(name).legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], style));
+            }
+        }
+        if text {
+            chart
+                .configure_series_labels()
+                .position(SeriesLabelPosition::UpperRight)
+                .background_style(WHITE.mix(0.8))
+                .border_style(BLACK)
+                .label_font(("sans-serif", 13))
+                .draw()
+                .map_err(|e| err(&e))?;
         }
     }
     root.present().map_err(|e| err(&e))?;
@@ -384,5 +479,46 @@ mod tests {
         assert_eq!(fmt_us(850), "850µs");
         assert_eq!(fmt_us(1_500), "1.50ms");
         assert_eq!(fmt_us(2_500_000), "2.50s");
+    }
+
+    fn panels() -> [Panel; 2] {
+        use plotters::style::{BLUE, GREEN, RED};
+        let line = |f: fn(f64) -> f64| (1..=5).map(|t| (t as f64, f(t as f64))).collect::<Vec<_>>();
+        [
+            Panel {
+                caption: "throughput",
+                y_desc: "msg/s",
+                series: vec![("out", line(|t| 100.0 * t), BLUE), ("in", line(|t| 90.0 * t), RED)],
+            },
+            Panel {
+                caption: "latency",
+                y_desc: "latency (ms)",
+                series: vec![("p50", line(|t| 0.05 * t), GREEN), ("p99", line(|t| 0.4 * t), RED)],
+            },
+        ]
+    }
+
+    fn is_png(path: &Path) -> bool {
+        std::fs::read(path).is_ok_and(|b| b.starts_with(b"\x89PNG"))
+    }
+
+    #[test]
+    fn the_plot_is_drawn_without_a_font() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bare.png");
+        draw_panels(&path, 5.0, panels(), false).unwrap();
+        assert!(is_png(&path));
+    }
+
+    #[test]
+    fn the_plot_has_text_when_a_system_font_is_found() {
+        if !plot_font() {
+            eprintln!("no system font: only the text-less plot is tested");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("text.png");
+        draw_panels(&path, 5.0, panels(), true).unwrap();
+        assert!(is_png(&path));
     }
 }
