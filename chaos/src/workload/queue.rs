@@ -117,8 +117,10 @@ fn qos_of(q: u8) -> QoS {
 
 fn client(id: &str, node: &NodeEndpoints, clean: bool) -> (AsyncClient, EventLoop) {
     let mut o = MqttOptions::new(id, node.mqtt_host.clone(), node.mqtt_port);
+    // Persistent sessions are the subscribers: they acknowledge what they recorded (see the loop).
     o.set_keep_alive(KEEP_ALIVE)
         .set_clean_session(clean)
+        .set_manual_acks(!clean)
         .set_inflight(10)
         .set_max_packet_size(64 * 1024, 64 * 1024);
     let (c, mut e) = AsyncClient::new(o, 16);
@@ -303,19 +305,27 @@ pub async fn subscriber(
                 Err(_) => {}
                 Ok(Err(err)) => break err.to_string(),
                 Ok(Ok(Event::Incoming(Packet::Publish(p)))) => {
-                    let Some(publisher) = p.topic.strip_prefix("chaos/q/") else { continue };
-                    let Some(seq) = std::str::from_utf8(&p.payload).ok().and_then(|s| s.parse::<u64>().ok())
-                    else {
-                        continue;
-                    };
-                    rec.record(
-                        &process,
-                        Kind::Info,
-                        Op::Deliver { publisher: publisher.to_string(), seq, dup: p.dup, qos: p.qos as u8 },
-                    );
-                    if let Some(i) = publisher.strip_prefix("pub-").and_then(|s| s.parse::<usize>().ok()) {
-                        Progress::lock(&progress.held[j]).insert((i, seq));
+                    let publisher = p.topic.strip_prefix("chaos/q/");
+                    let seq = std::str::from_utf8(&p.payload).ok().and_then(|s| s.parse::<u64>().ok());
+                    if let (Some(publisher), Some(seq)) = (publisher, seq) {
+                        rec.record(
+                            &process,
+                            Kind::Info,
+                            Op::Deliver {
+                                publisher: publisher.to_string(),
+                                seq,
+                                dup: p.dup,
+                                qos: p.qos as u8,
+                            },
+                        );
+                        if let Some(i) = publisher.strip_prefix("pub-").and_then(|s| s.parse::<usize>().ok())
+                        {
+                            Progress::lock(&progress.held[j]).insert((i, seq));
+                        }
                     }
+                    // Acknowledged only once recorded (manual acks): rumqttc's automatic acks also
+                    // cover messages it read in the same batch but never handed over before a stop.
+                    let _ = c.try_ack(&p);
                 }
                 Ok(Ok(_)) => {}
             }
