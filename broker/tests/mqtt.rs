@@ -37,6 +37,35 @@ async fn single_node(extra: &[&str]) -> Cluster {
     c
 }
 
+/// Three nodes (with `config` as their configuration file), healthy and every group led.
+async fn three_nodes(config: Option<&str>) -> Cluster {
+    let mut c = Cluster::new(3);
+    if let Some(text) = config {
+        let path = c.dir.path().join("ironhub.toml");
+        std::fs::write(&path, text).expect("config");
+        for id in 1..=3 {
+            c.node(id).extra = vec!["--config".into(), path.display().to_string()];
+        }
+    }
+    c.start_all();
+    for id in 1..=3 {
+        assert!(wait_healthy(c.node(id), Duration::from_secs(60)).await, "node {id}:\n{}", c.logs());
+    }
+    assert!(common::wait_all_led(c.node(1), &[1, 2, 3], Duration::from_secs(30)).await.is_some());
+    c
+}
+
+/// Polls `events` until the SUBACK arrives.
+async fn wait_suback(events: &mut rumqttc::EventLoop) {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), events.poll()).await {
+            Ok(Ok(Event::Incoming(Packet::SubAck(_)))) => return,
+            Ok(Ok(_)) => {}
+            other => panic!("subscribe: {other:?}"),
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paho_spec_suite_v311_and_v5() {
     assert!(python_has_paho(), "paho-mqtt missing: `make deps` installs it (pip install paho-mqtt)");
@@ -204,13 +233,7 @@ async fn receive(port: u16, id: &str, got: &Received, want: usize, stop_after: O
 async fn subscribe_persistent(port: u16, id: &str, filter: &str) {
     let (client, mut events) = rust_client(id, port, false);
     client.subscribe(filter, QoS::AtLeastOnce).await.expect("subscribe");
-    loop {
-        match tokio::time::timeout(Duration::from_secs(10), events.poll()).await {
-            Ok(Ok(Event::Incoming(Packet::SubAck(_)))) => break,
-            Ok(Ok(_)) => {}
-            other => panic!("subscribe: {other:?}"),
-        }
-    }
+    wait_suback(&mut events).await;
     let _ = client.disconnect().await;
     let _ = tokio::time::timeout(Duration::from_secs(1), events.poll()).await;
 }
@@ -259,24 +282,13 @@ async fn packet_ids_wrap_under_reconnects_and_no_acked_message_is_missing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill9_of_the_subscribers_node_loses_no_acked_message() {
-    let mut c = Cluster::new(3);
-    c.start_all();
-    for id in 1..=3 {
-        assert!(wait_healthy(c.node(id), Duration::from_secs(60)).await, "node {id}:\n{}", c.logs());
-    }
-    assert!(common::wait_all_led(c.node(1), &[1, 2, 3], Duration::from_secs(30)).await.is_some());
+    let mut c = three_nodes(None).await;
     let (p1, p2, p3) = (c.node(1).mqtt_port, c.node(2).mqtt_port, c.node(3).mqtt_port);
     let got: Received = Default::default();
     // subscribe on node 1, stay connected
     let (client, mut events) = rust_client("dur-sub", p1, false);
     client.subscribe("dur/t", QoS::AtLeastOnce).await.expect("subscribe");
-    loop {
-        match tokio::time::timeout(Duration::from_secs(10), events.poll()).await {
-            Ok(Ok(Event::Incoming(Packet::SubAck(_)))) => break,
-            Ok(Ok(_)) => {}
-            other => panic!("subscribe: {other:?}\n{}", c.logs()),
-        }
-    }
+    wait_suback(&mut events).await;
     publish_acked(p2, "dur/t", 0, 100).await;
     c.node(1).kill9();
     drop(events);
@@ -292,12 +304,7 @@ async fn kill9_of_the_subscribers_node_loses_no_acked_message() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn whole_cluster_restart_keeps_sessions_queues_and_retained() {
-    let mut c = Cluster::new(3);
-    c.start_all();
-    for id in 1..=3 {
-        assert!(wait_healthy(c.node(id), Duration::from_secs(60)).await, "node {id}:\n{}", c.logs());
-    }
-    assert!(common::wait_all_led(c.node(1), &[1, 2, 3], Duration::from_secs(30)).await.is_some());
+    let mut c = three_nodes(None).await;
     let (p1, p2) = (c.node(1).mqtt_port, c.node(2).mqtt_port);
     subscribe_persistent(p1, "restart-sub", "rs/t").await;
     publish_acked(p2, "rs/t", 0, 30).await;
@@ -591,29 +598,13 @@ async fn limits_refuse_with_the_right_codes_and_every_metric_is_exported() {
 /// publisher's partition (they are forwarded to the leader), checked for publishers on every node.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwarded_publishes_keep_their_order() {
-    let mut c = Cluster::new(3);
-    let config = c.dir.path().join("ironhub.toml");
-    std::fs::write(&config, "[mqtt]\nmax_queue = 10000\n").expect("config");
-    for id in 1..=3 {
-        c.node(id).extra = vec!["--config".into(), config.display().to_string()];
-    }
-    c.start_all();
-    for id in 1..=3 {
-        assert!(wait_healthy(c.node(id), Duration::from_secs(60)).await, "node {id}:\n{}", c.logs());
-    }
-    assert!(common::wait_all_led(c.node(1), &[1, 2, 3], Duration::from_secs(30)).await.is_some());
+    let mut c = three_nodes(Some("[mqtt]\nmax_queue = 10000\n")).await;
     let ports: Vec<u16> = (1..=3).map(|id| c.node(id).mqtt_port).collect();
     const N: u64 = 1000;
     // The subscriber stays connected and records arrival order per publisher.
     let (client, mut events) = rust_client("order-sub", ports[0], false);
     client.subscribe("ord/+", QoS::AtLeastOnce).await.expect("subscribe");
-    loop {
-        match tokio::time::timeout(Duration::from_secs(10), events.poll()).await {
-            Ok(Ok(Event::Incoming(Packet::SubAck(_)))) => break,
-            Ok(Ok(_)) => {}
-            other => panic!("subscribe: {other:?}"),
-        }
-    }
+    wait_suback(&mut events).await;
     let subscriber = tokio::spawn(async move {
         let mut last: [Option<u64>; 3] = [None; 3];
         let (mut n, mut out_of_order) = (0, Vec::new());
@@ -656,12 +647,7 @@ async fn forwarded_publishes_keep_their_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cut_off_node_closes_its_clients_and_a_dead_nodes_wills_fire() {
     use tokio::io::AsyncReadExt;
-    let mut c = Cluster::new(3);
-    c.start_all();
-    for id in 1..=3 {
-        assert!(wait_healthy(c.node(id), Duration::from_secs(60)).await, "node {id}:\n{}", c.logs());
-    }
-    assert!(common::wait_all_led(c.node(1), &[1, 2, 3], Duration::from_secs(30)).await.is_some());
+    let mut c = three_nodes(None).await;
     let (p1, p3) = (c.node(1).mqtt_port, c.node(3).mqtt_port);
 
     // Rule 7: nodes 1 and 2 stop answering; node 3 closes its client with 0x9C.
@@ -680,13 +666,7 @@ async fn a_cut_off_node_closes_its_clients_and_a_dead_nodes_wills_fire() {
     // Session audit: a client with a will on node 3; node 3 is killed; the will arrives on node 1.
     let (watch, mut watch_events) = rust_client("will-watch", p1, true);
     watch.subscribe("wills/#", QoS::AtLeastOnce).await.expect("subscribe");
-    loop {
-        match tokio::time::timeout(Duration::from_secs(10), watch_events.poll()).await {
-            Ok(Ok(Event::Incoming(Packet::SubAck(_)))) => break,
-            Ok(Ok(_)) => {}
-            other => panic!("subscribe: {other:?}"),
-        }
-    }
+    wait_suback(&mut watch_events).await;
     let mut o = MqttOptions::new("dying", "127.0.0.1", p3);
     o.set_keep_alive(Duration::from_secs(60));
     o.set_last_will(rumqttc::LastWill::new("wills/dying", "gone", QoS::AtLeastOnce, false));

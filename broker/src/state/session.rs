@@ -331,7 +331,8 @@ fn window_key(client: &str) -> Vec<u8> {
 /// (<= SPAN) PUBLISHes unacknowledged, so a retry always falls inside the window.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PublishWindow {
-    conn: u64,
+    /// The connection it counts for (node, connection id).
+    conn: (u64, u64),
     /// Highest sequence number seen plus one.
     top: u64,
     /// Bit `i` (word `i / 64`, bit `i % 64`): sequence number `top - 1 - i` is stored.
@@ -343,7 +344,7 @@ impl PublishWindow {
     pub const SPAN: u64 = 1024;
     const WORDS: usize = (Self::SPAN / 64) as usize;
 
-    fn for_conn(conn: u64) -> Self {
+    fn for_conn(conn: (u64, u64)) -> Self {
         Self { conn, top: 0, bits: vec![0; Self::WORDS] }
     }
 
@@ -575,8 +576,8 @@ pub fn apply(
                 Some(raw) => codec::decode::<PublishWindow>(&raw, "publish window")?,
                 None => PublishWindow::default(),
             };
-            if window.conn != owner.conn {
-                window = PublishWindow::for_conn(owner.conn);
+            if window.conn != (owner.node, owner.conn) {
+                window = PublishWindow::for_conn((owner.node, owner.conn));
             }
             if !window.insert(seq) {
                 return Ok(Response::Duplicate);
@@ -1142,6 +1143,17 @@ mod tests {
             seq: 0,
         });
         assert!(matches!(r, Response::Applied { .. }));
+        // ... and so does a connection with the same id on another node.
+        let c3 = f.connect("c", 2, 11, false, None);
+        let owner3 = Owner { node: 2, conn: 11, epoch: c3.epoch };
+        let r = f.apply(SessionCommand::Publish {
+            client: "c".into(),
+            owner: owner3,
+            msg: msg("t", "x"),
+            qos2_pkid: None,
+            seq: 0,
+        });
+        assert!(matches!(r, Response::Applied { .. }), "{r:?}");
     }
 
     proptest::proptest! {
@@ -1149,7 +1161,7 @@ mod tests {
         /// the span below the highest one.
         #[test]
         fn publish_window_matches_a_set(ops in proptest::collection::vec((0u64..3000, 0u64..1024), 1..400)) {
-            let mut w = PublishWindow::for_conn(1);
+            let mut w = PublishWindow::for_conn((1, 1));
             let mut seen = std::collections::BTreeSet::new();
             let mut top = 0u64;
             for (fresh, back) in ops {
