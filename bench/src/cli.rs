@@ -3,10 +3,10 @@
 use std::net::IpAddr;
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 
-pub use crate::client::Transport;
 use crate::scenario;
+pub use ironhub_client::{Protocol, Qos, Transport};
 
 /// Load generator for MQTT brokers (any broker: ironhub, mosquitto, EMQX …), with
 /// publish-to-receive latency and loss/duplicate/out-of-order accounting.
@@ -59,31 +59,6 @@ pub struct CompareArgs {
     /// The scenario and its arguments.
     #[command(subcommand)]
     pub scenario: ScenarioCmd,
-}
-
-/// MQTT protocol version.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize, serde::Deserialize)]
-pub enum Protocol {
-    /// MQTT 3.1.1.
-    #[value(name = "3.1.1", alias = "3", alias = "4")]
-    V311,
-    /// MQTT 5.
-    #[value(name = "5")]
-    V5,
-}
-
-/// Quality of service.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize, serde::Deserialize)]
-pub enum Qos {
-    /// At most once.
-    #[value(name = "0")]
-    Q0,
-    /// At least once.
-    #[value(name = "1")]
-    Q1,
-    /// Exactly once.
-    #[value(name = "2")]
-    Q2,
 }
 
 /// Arguments every scenario takes.

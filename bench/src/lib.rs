@@ -8,8 +8,6 @@
 //!   drain, accounting.
 //! - [`share`]: splitting a run over worker processes, and merging their reports.
 //! - [`workers`]: runs split over worker processes: the coordinator and the worker side.
-//! - [`client`]: one MQTT 3.1.1 / 5 client: our socket (bound to `--ifaddr`; TCP, TLS, WebSocket,
-//!   QUIC), rumqttc's packet codecs, a small session state machine.
 //! - [`rate`]: the pacer behind publish and connect rates.
 //! - [`payload`]: the header in every payload (publisher id, sequence number, send time).
 //! - [`seq`]: lost / duplicated / out-of-order accounting per publisher.
@@ -23,7 +21,7 @@
 //! rumqttc (bytebeamio, Apache-2.0) supplies the MQTT 3.1.1 and 5 packet codecs. Its event loop is
 //! not used: it creates its own socket and cannot bind a source address (0.25 has only
 //! `bind_device`, which takes a device name), so `--ifaddr` needs a socket we create. Our client
-//! ([`client`]) owns the socket, runs a small session state machine (packet ids, the QoS 1/2
+//! (crate `ironhub-client`, shared with ironhub-chaos) owns the socket, runs a small session state machine (packet ids, the QoS 1/2
 //! window, QoS 2 handshakes) and costs one tokio task, one bounded request channel and a small read
 //! and write buffer per connection, so thousands of clients fit in one process. Transports: TCP,
 //! TLS (rustls), WebSocket and secure WebSocket (tungstenite), QUIC (quinn, one bidirectional
@@ -39,7 +37,6 @@
 #![warn(missing_docs)]
 
 pub mod cli;
-pub mod client;
 pub mod metrics;
 pub mod payload;
 pub mod procstat;

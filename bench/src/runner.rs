@@ -24,8 +24,6 @@ use tokio::time::{sleep_until, timeout};
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::{CommonArgs, Qos};
-use crate::client::transport::TlsOptions;
-use crate::client::{self, ClientConfig, Endpoint, Event, Events, Publish};
 use crate::metrics::{Live, Metrics, Percentiles};
 use crate::payload::{self, Header};
 use crate::procstat::{self, Limits};
@@ -35,6 +33,8 @@ use crate::scenario::Plan;
 use crate::seq::SeqTracker;
 use crate::share::{self, hist_from_pairs, hist_to_pairs, Report, SeqSummary, Share};
 use crate::workers::protocol;
+use ironhub_client::transport::TlsOptions;
+use ironhub_client::{self as client, ClientConfig, Endpoint, Event, Events, Publish};
 
 /// Why a run could not be carried out.
 #[derive(Debug, thiserror::Error)]
@@ -197,7 +197,8 @@ async fn sub_task(
             biased;
             _ = stop.cancelled() => break,
             ev = events.next() => match ev {
-                Ok(Event::Message(p)) => {
+                Ok(Event::Message(msg)) => {
+                    let p = msg.payload;
                     Live::add(&m.live.received, 1);
                     match payload::decode(&p) {
                         Some(h) => {

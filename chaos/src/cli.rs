@@ -114,7 +114,7 @@ pub struct RunArgs {
     /// Messages per second per publisher.
     #[arg(long)]
     pub rate: Option<u32>,
-    /// QoS of the queue workload (1; 2 is refused for now, see docs/chaos.md).
+    /// QoS of the queue workload: 1 (duplicates counted) or 2 (exactly once: a duplicate fails).
     #[arg(long)]
     pub qos: Option<u8>,
     /// Seconds the cluster may take to be fully led again after a fault.

@@ -244,18 +244,10 @@ impl Drop for ClusterGuard {
 
 /// Probes the MQTT listener of a node: a clean-session CONNECT answered by CONNACK.
 async fn mqtt_serves(n: &NodeEndpoints) -> Result<(), String> {
-    let mut o = rumqttc::MqttOptions::new("chaos-probe", n.mqtt_host.clone(), n.mqtt_port);
-    o.set_clean_session(true).set_keep_alive(Duration::from_secs(5));
-    let (c, mut e) = rumqttc::AsyncClient::new(o, 4);
-    let r = tokio::time::timeout(Duration::from_secs(5), e.poll()).await;
-    let _ = c.disconnect().await;
-    let _ = tokio::time::timeout(Duration::from_millis(200), e.poll()).await;
-    match r {
-        Ok(Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_)))) => Ok(()),
-        Ok(Ok(other)) => Err(format!("unexpected first event {other:?}")),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err("no CONNACK within 5 s".into()),
-    }
+    let session = ironhub_client::Session::new(1);
+    let (c, _events) = queue::connect("chaos-probe", n, true, &session).await?;
+    c.try_disconnect();
+    Ok(())
 }
 
 /// Runs a plan; returns whether every checker passed. Errors before the history exists are

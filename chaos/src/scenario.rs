@@ -105,19 +105,8 @@ impl Workload {
             bail!("workload: enable at least one of `queue` and `retained`");
         }
         if self.queue {
-            if self.qos == 2 {
-                // Found by running it: after a session resume the broker re-sends PUBREL for a QoS 2
-                // message whose PUBREC it had (as MQTT requires), and rumqttc 0.25 answers with a
-                // protocol error instead of PUBCOMP (it forgets incoming QoS 2 state on reconnect),
-                // so the subscriber reconnects forever. The checker side (duplicates fail at QoS 2)
-                // is ready for a client that follows the spec here.
-                bail!(
-                    "workload.qos = 2 is not available yet: the MQTT client used (rumqttc 0.25) cannot resume a \
-                     QoS 2 session with a pending PUBREL; use qos = 1"
-                );
-            }
-            if self.qos != 1 {
-                bail!("workload.qos = {}: use 1", self.qos);
+            if !(1..=2).contains(&self.qos) {
+                bail!("workload.qos = {}: use 1 or 2", self.qos);
             }
             if self.publishers == 0 || self.subscribers == 0 || self.publishers > 32 || self.subscribers > 32
             {
@@ -270,8 +259,8 @@ target = "node:3"
         assert!(format!("{fault:#}").contains("nuke"), "{fault:#}");
         let qos = Scenario::parse("name='x'\nduration_s=10\n[workload]\nqos=3\n", "x.toml").unwrap_err();
         assert!(format!("{qos:#}").contains("qos"), "{qos:#}");
-        let qos2 = Scenario::parse("name='x'\nduration_s=10\n[workload]\nqos=2\n", "x.toml").unwrap_err();
-        assert!(format!("{qos2:#}").contains("PUBREL"), "{qos2:#}");
+        let qos2 = Scenario::parse("name='x'\nduration_s=10\n[workload]\nqos=2\n", "x.toml");
+        assert_eq!(qos2.expect("QoS 2 is a valid workload").workload.qos, 2);
         let misplaced =
             Scenario::parse("name='x'\nduration_s=10\n[[step]]\nfault='kill'\nloss_pct=5\n", "x.toml")
                 .unwrap_err();

@@ -1,14 +1,23 @@
-//! The QoS 1/2 queue workload over MQTT 3.1.1 (rumqttc).
+//! The QoS 1/2 queue workload over MQTT 3.1.1 (the `ironhub-client` crate, shared with the bench).
 //!
 //! - Subscribers `chaos-sub-<j>` connect with clean session 0 and subscribe once to `chaos/q/+`.
 //!   After their first SUBACK they never subscribe again: on every reconnect (to the next node) the
 //!   broker must resume the session, its subscription and its queue (CONNACK session present). Only
 //!   if the session is gone do they subscribe again, and the checker reports it. Subscribers with
-//!   `j ≥ 1` also roam: every `roam` they disconnect and reconnect to the next node.
+//!   `j ≥ 1` also roam: every `roam` they disconnect and reconnect to the next node. The client
+//!   session goes with them: a QoS 2 message received but not yet released is not handed over
+//!   again when the broker resends it (DUP) on the next node, and the broker's PUBRELs are
+//!   completed there, so a second delivery at QoS 2 is the broker's doing. A message is
+//!   acknowledged only after it was recorded.
 //! - Publishers `chaos-pub-<i>` publish the payload `<seq>` (1, 2, ...) to `chaos/q/pub-<i>`, one
-//!   message in flight at a time, so every PUBACK/PUBCOMP belongs to exactly one seq. No ack within
-//!   [`ACK_TIMEOUT`] or a broken connection makes the publish `unknown` and the publisher moves to
-//!   the next node with the next seq.
+//!   message in flight at a time, so every PUBACK/PUBCOMP belongs to exactly one seq.
+//!   - QoS 1 publishers use clean sessions: no ack within [`ACK_TIMEOUT`] or a broken connection
+//!     makes the publish `unknown`, and the publisher moves to the next node with the next seq.
+//!   - QoS 2 publishers keep a persistent session: after a timeout or a broken connection they
+//!     resume it on the next node, which resends the PUBLISH (DUP) or the PUBREL, and the publish
+//!     is acknowledged when its PUBCOMP comes. The broker must store such a resent PUBLISH once
+//!     (its awaiting-PUBREL set travels with the session), which the checker verifies: QoS 2
+//!     forbids duplicates. A publish is `unknown` only if the session was lost or the run stopped.
 //! - Flow control: a publisher waits while some subscriber is `window` (< 150, the broker's queue
 //!   limit) or more messages behind, counting acked and unknown publishes of the last [`GIVE_UP`].
 //!   So a subscriber that is away for a while never overflows its queue: a drop would be the
@@ -20,18 +29,24 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Outgoing, Packet, QoS};
+use ironhub_client::transport::TlsOptions;
+use ironhub_client::{
+    self as client, ClientConfig, Endpoint, Event, Events, Message, Protocol, Qos, Session,
+};
 
 use crate::backend::NodeEndpoints;
 use crate::history::{Kind, Op, Recorder};
 use crate::workload::Stop;
 
-/// How long a publisher waits for PUBACK/PUBCOMP before it calls the publish unknown.
+/// How long a publisher waits for PUBACK/PUBCOMP before it calls the publish unknown (QoS 1) or
+/// resumes its session on the next node (QoS 2).
 pub const ACK_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a client waits for CONNACK or SUBACK.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// MQTT keep-alive of every client (a paused node is noticed within about twice this).
 const KEEP_ALIVE: Duration = Duration::from_secs(3);
+/// Unacknowledged messages a subscriber's client session holds (its receive window).
+const SUBSCRIBER_INFLIGHT: u16 = 10;
 
 /// How long an unreceived message holds publishers back (see [`Progress::max_behind`]).
 pub const GIVE_UP: Duration = Duration::from_secs(30);
@@ -107,39 +122,64 @@ impl Progress {
     }
 }
 
-fn qos_of(q: u8) -> QoS {
+fn qos_of(q: u8) -> Qos {
     if q >= 2 {
-        QoS::ExactlyOnce
+        Qos::Q2
     } else {
-        QoS::AtLeastOnce
+        Qos::Q1
     }
 }
 
-fn client(id: &str, node: &NodeEndpoints, clean: bool) -> (AsyncClient, EventLoop) {
-    let mut o = MqttOptions::new(id, node.mqtt_host.clone(), node.mqtt_port);
-    // Persistent sessions are the subscribers: they acknowledge what they recorded (see the loop).
-    o.set_keep_alive(KEEP_ALIVE)
-        .set_clean_session(clean)
-        .set_manual_acks(!clean)
-        .set_inflight(10)
-        .set_max_packet_size(64 * 1024, 64 * 1024);
-    let (c, mut e) = AsyncClient::new(o, 16);
-    e.network_options.set_connection_timeout(CONNECT_TIMEOUT.as_secs());
-    (c, e)
+/// Connects `id` to `node`, resuming `session` when it is persistent (`clean` false); bounded by
+/// [`CONNECT_TIMEOUT`]. The caller keeps its copy of the session until the connection ends.
+pub async fn connect(
+    id: &str,
+    node: &NodeEndpoints,
+    clean: bool,
+    session: &Session,
+) -> Result<(client::Client, Events), String> {
+    let cfg = ClientConfig {
+        protocol: Protocol::V311,
+        client_id: id.to_string(),
+        clean,
+        keep_alive: KEEP_ALIVE,
+        credentials: None,
+        inflight: SUBSCRIBER_INFLIGHT,
+        source: None,
+    };
+    let attempt = async {
+        let ep = Endpoint::new(
+            client::Transport::Tcp,
+            &node.mqtt_host,
+            node.mqtt_port,
+            "/mqtt",
+            &TlsOptions::default(),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        client::connect_with(&ep, &cfg, session.clone()).await.map_err(|e| e.to_string())
+    };
+    match tokio::time::timeout(CONNECT_TIMEOUT, attempt).await {
+        Ok(r) => r,
+        Err(_) => Err("no CONNACK in time".into()),
+    }
 }
 
-/// Polls until CONNACK; returns session-present, or why not.
-async fn connack(e: &mut EventLoop) -> Result<bool, String> {
-    let deadline = Instant::now() + CONNECT_TIMEOUT;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(left, e.poll()).await {
-            Err(_) => return Err("no CONNACK in time".into()),
-            Ok(Err(err)) => return Err(err.to_string()),
-            Ok(Ok(Event::Incoming(Packet::ConnAck(ack)))) => return Ok(ack.session_present),
-            Ok(Ok(_)) => {}
+/// Sends DISCONNECT and lets it go out (bounded); the session is handed back. Messages that
+/// arrive meanwhile go to `on_message` (their acknowledgements may go out before the DISCONNECT).
+async fn disconnect(c: client::Client, mut e: Events, mut on_message: impl FnMut(&Message)) -> Session {
+    c.try_disconnect();
+    let _ = tokio::time::timeout(Duration::from_millis(300), async {
+        loop {
+            match e.next().await {
+                Ok(Event::Message(m)) => on_message(&m),
+                Ok(_) => {}
+                Err(_) => break,
+            }
         }
-    }
+    })
+    .await;
+    e.into_session()
 }
 
 /// One publisher, until stopped.
@@ -153,88 +193,127 @@ pub async fn publisher(
 ) {
     let process = format!("pub-{i}");
     let topic = format!("chaos/q/{process}");
+    let qos = qos_of(cfg.qos);
+    let persistent = qos == Qos::Q2;
     let period = Duration::from_secs_f64(1.0 / f64::from(cfg.rate.max(1)));
+    let mut session = Session::new(1);
     let mut cur = i;
     let mut seq: u64 = 0;
+    // The publish awaiting its PUBCOMP across a session resume (QoS 2), with when it was invoked.
+    let mut inflight: Option<(Op, Instant)> = None;
+    let mut next = Instant::now();
     'connect: while !stop.is_stopped() {
         let node = &nodes[cur % nodes.len()];
-        let (c, mut e) = client(&format!("chaos-{process}"), node, true);
-        let op = Op::Connect { node: node.id, clean: true, session_present: false };
-        match connack(&mut e).await {
-            Ok(sp) => rec.record(
-                &process,
-                Kind::Ok,
-                Op::Connect { node: node.id, clean: true, session_present: sp },
-            ),
+        let (c, mut e) = match connect(&format!("chaos-{process}"), node, !persistent, &session).await {
+            Ok(x) => x,
             Err(why) => {
-                rec.record(&process, Kind::Fail, op);
+                rec.record(
+                    &process,
+                    Kind::Fail,
+                    Op::Connect { node: node.id, clean: !persistent, session_present: false },
+                );
                 rec.record(&process, Kind::Info, Op::Disconnect { node: node.id, reason: why });
                 cur += 1;
                 stop.sleep(Duration::from_millis(300)).await;
                 continue;
             }
+        };
+        let sp = e.session_present();
+        rec.record(
+            &process,
+            Kind::Ok,
+            Op::Connect { node: node.id, clean: !persistent, session_present: sp },
+        );
+        if !sp {
+            // The broker has no session, so the client dropped what it had in flight.
+            if let Some((op, t0)) = inflight.take() {
+                rec.record_with_latency(&process, Kind::Unknown, op, Some(t0.elapsed().as_millis() as u64));
+            }
         }
-        let mut next = Instant::now();
-        while !stop.is_stopped() {
-            // Pace, then wait for the slowest subscriber (the broker's queue limit is 150).
-            let now = Instant::now();
-            if next > now && stop.sleep(next - now).await {
-                break 'connect;
-            }
-            next = next.max(Instant::now()) + period;
-            while progress.max_behind() >= cfg.window {
-                if stop.sleep(Duration::from_millis(20)).await {
-                    break 'connect;
+        loop {
+            if inflight.is_none() {
+                // Pace, then wait for the slowest subscriber (the broker's queue limit is 150).
+                let now = Instant::now();
+                if next > now && stop.sleep(next - now).await {
+                    break;
                 }
+                next = next.max(Instant::now()) + period;
+                while progress.max_behind() >= cfg.window {
+                    if stop.sleep(Duration::from_millis(20)).await {
+                        break;
+                    }
+                }
+                if stop.is_stopped() {
+                    break;
+                }
+                seq += 1;
+                let op = Op::Publish { topic: topic.clone(), seq, qos: cfg.qos };
+                rec.record(&process, Kind::Invoke, op.clone());
+                Progress::lock(&progress.sent).push_back(((i, seq), Instant::now()));
+                let _ = c.try_publish(&topic, qos, seq.to_string().into_bytes());
+                inflight = Some((op, Instant::now()));
             }
-            seq += 1;
-            let op = Op::Publish { topic: topic.clone(), seq, qos: cfg.qos };
-            rec.record(&process, Kind::Invoke, op.clone());
-            let t0 = Instant::now();
-            Progress::lock(&progress.sent).push_back(((i, seq), Instant::now()));
-            if c.publish(&topic, qos_of(cfg.qos), false, seq.to_string()).await.is_err() {
-                rec.record(&process, Kind::Unknown, op);
-                cur += 1;
-                continue 'connect;
-            }
-            match wait_ack(&mut e, cfg.qos).await {
+            let waited = wait_ack(&mut e).await;
+            let Some((op, t0)) = inflight.take() else { continue };
+            let ms = Some(t0.elapsed().as_millis() as u64);
+            match waited {
                 Ok(()) => {
-                    Progress::lock(&progress.acked).insert((i, seq));
-                    rec.record_with_latency(&process, Kind::Ok, op, Some(t0.elapsed().as_millis() as u64));
+                    if let Op::Publish { seq, .. } = &op {
+                        Progress::lock(&progress.acked).insert((i, *seq));
+                    }
+                    rec.record_with_latency(&process, Kind::Ok, op, ms);
                 }
                 Err(why) => {
-                    rec.record_with_latency(
-                        &process,
-                        Kind::Unknown,
-                        op,
-                        Some(t0.elapsed().as_millis() as u64),
-                    );
+                    if persistent && !stop.is_stopped() {
+                        inflight = Some((op, t0));
+                    } else {
+                        rec.record_with_latency(&process, Kind::Unknown, op, ms);
+                    }
                     rec.record(&process, Kind::Info, Op::Disconnect { node: node.id, reason: why });
+                    session = e.into_session();
                     cur += 1;
                     stop.sleep(Duration::from_millis(100)).await;
                     continue 'connect;
                 }
             }
         }
-        let _ = tokio::time::timeout(Duration::from_millis(300), async {
-            let _ = c.disconnect().await;
-            let _ = e.poll().await;
-        })
-        .await;
+        session = disconnect(c, e, |_| {}).await;
+    }
+    if let Some((op, t0)) = inflight {
+        rec.record_with_latency(&process, Kind::Unknown, op, Some(t0.elapsed().as_millis() as u64));
     }
 }
 
 /// Polls until the one publish in flight completes (PUBACK for QoS 1, PUBCOMP for QoS 2).
-async fn wait_ack(e: &mut EventLoop, qos: u8) -> Result<(), String> {
-    let deadline = Instant::now() + ACK_TIMEOUT;
+async fn wait_ack(e: &mut Events) -> Result<(), String> {
+    let deadline = tokio::time::Instant::now() + ACK_TIMEOUT;
     loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(left, e.poll()).await {
+        match tokio::time::timeout_at(deadline, e.next()).await {
             Err(_) => return Err("no ack in time".into()),
             Ok(Err(err)) => return Err(err.to_string()),
-            Ok(Ok(Event::Incoming(Packet::PubAck(_)))) if qos < 2 => return Ok(()),
-            Ok(Ok(Event::Incoming(Packet::PubComp(_)))) if qos >= 2 => return Ok(()),
+            Ok(Ok(Event::Acked)) => return Ok(()),
             Ok(Ok(_)) => {}
+        }
+    }
+}
+
+/// Records a delivery of the queue workload (and that subscriber `j` holds it).
+fn on_message(rec: &Recorder, process: &str, progress: &Progress, j: usize, m: &Message) {
+    let publisher = m.topic.strip_prefix("chaos/q/");
+    let seq = std::str::from_utf8(&m.payload).ok().and_then(|s| s.parse::<u64>().ok());
+    if let (Some(publisher), Some(seq)) = (publisher, seq) {
+        let qos = match m.qos {
+            Qos::Q0 => 0,
+            Qos::Q1 => 1,
+            Qos::Q2 => 2,
+        };
+        rec.record(
+            process,
+            Kind::Info,
+            Op::Deliver { publisher: publisher.to_string(), seq, dup: m.dup, qos },
+        );
+        if let Some(i) = publisher.strip_prefix("pub-").and_then(|s| s.parse::<usize>().ok()) {
+            Progress::lock(&progress.held[j]).insert((i, seq));
         }
     }
 }
@@ -252,18 +331,11 @@ pub async fn subscriber(
     let roams = j >= 1;
     let mut cur = j;
     let mut subscribed = false;
+    let mut session = Session::new(SUBSCRIBER_INFLIGHT);
     while !drain_stop.is_stopped() {
         let node = nodes[cur % nodes.len()].clone();
-        let (c, mut e) = client(&format!("chaos-{process}"), &node, false);
-        let sp = match connack(&mut e).await {
-            Ok(sp) => {
-                rec.record(
-                    &process,
-                    Kind::Ok,
-                    Op::Connect { node: node.id, clean: false, session_present: sp },
-                );
-                sp
-            }
+        let (c, mut e) = match connect(&format!("chaos-{process}"), &node, false, &session).await {
+            Ok(x) => x,
             Err(why) => {
                 rec.record(
                     &process,
@@ -276,67 +348,48 @@ pub async fn subscriber(
                 continue;
             }
         };
+        let sp = e.session_present();
+        rec.record(&process, Kind::Ok, Op::Connect { node: node.id, clean: false, session_present: sp });
         // Subscribe the first time, and again only if the broker lost the session (a finding).
         if !subscribed || !sp {
             let op = Op::Subscribe { filter: FILTER.into(), node: node.id };
             rec.record(&process, Kind::Invoke, op.clone());
-            if c.subscribe(FILTER, qos_of(cfg.qos)).await.is_err() || !wait_suback(&mut e, &progress, j).await
-            {
+            let granted = c.subscribe(FILTER, qos_of(cfg.qos)).await
+                && wait_suback(&mut e, |m| on_message(&rec, &process, &progress, j, m)).await;
+            if !granted {
                 rec.record(&process, Kind::Unknown, op);
+                session = e.into_session();
                 cur += 1;
                 continue;
             }
+            *Progress::lock(&progress.subscribed[j]) = true;
             rec.record(&process, Kind::Ok, op);
             subscribed = true;
         }
         let connected_at = Instant::now();
         let reason = loop {
             if roams && connected_at.elapsed() >= cfg.roam {
-                let _ = c.disconnect().await;
-                // Let the DISCONNECT go out, then move on.
-                let _ = tokio::time::timeout(Duration::from_millis(300), e.poll()).await;
                 break "roaming to the next node".to_string();
             }
             let ev = tokio::select! {
-                ev = tokio::time::timeout(Duration::from_millis(500), e.poll()) => ev,
+                ev = tokio::time::timeout(Duration::from_millis(500), e.next()) => ev,
                 _ = drain_stop.stopped() => break "stopped".to_string(),
             };
             match ev {
                 Err(_) => {}
                 Ok(Err(err)) => break err.to_string(),
-                Ok(Ok(Event::Incoming(Packet::Publish(p)))) => {
-                    let publisher = p.topic.strip_prefix("chaos/q/");
-                    let seq = std::str::from_utf8(&p.payload).ok().and_then(|s| s.parse::<u64>().ok());
-                    if let (Some(publisher), Some(seq)) = (publisher, seq) {
-                        rec.record(
-                            &process,
-                            Kind::Info,
-                            Op::Deliver {
-                                publisher: publisher.to_string(),
-                                seq,
-                                dup: p.dup,
-                                qos: p.qos as u8,
-                            },
-                        );
-                        if let Some(i) = publisher.strip_prefix("pub-").and_then(|s| s.parse::<usize>().ok())
-                        {
-                            Progress::lock(&progress.held[j]).insert((i, seq));
-                        }
-                    }
-                    // Acknowledged only once recorded (manual acks): rumqttc's automatic acks also
-                    // cover messages it read in the same batch but never handed over before a stop.
-                    let _ = c.try_ack(&p);
-                }
+                // Acknowledged on the next poll, so only once recorded.
+                Ok(Ok(Event::Message(m))) => on_message(&rec, &process, &progress, j, &m),
                 Ok(Ok(_)) => {}
             }
         };
         rec.record(&process, Kind::Info, Op::Disconnect { node: node.id, reason: reason.clone() });
+        session = if reason == "stopped" || reason.starts_with("roaming") {
+            disconnect(c, e, |m| on_message(&rec, &process, &progress, j, m)).await
+        } else {
+            e.into_session()
+        };
         if reason == "stopped" {
-            let _ = tokio::time::timeout(Duration::from_millis(300), async {
-                let _ = c.disconnect().await;
-                let _ = e.poll().await;
-            })
-            .await;
             break;
         }
         cur += 1;
@@ -346,20 +399,15 @@ pub async fn subscriber(
     }
 }
 
-async fn wait_suback(e: &mut EventLoop, progress: &Progress, j: usize) -> bool {
-    let deadline = Instant::now() + CONNECT_TIMEOUT;
+/// Polls until SUBACK: whether every filter was granted. Messages arriving meanwhile (a resumed
+/// session's queue) go to `on_message`.
+async fn wait_suback(e: &mut Events, mut on_message: impl FnMut(&Message)) -> bool {
+    let deadline = tokio::time::Instant::now() + CONNECT_TIMEOUT;
     loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(left, e.poll()).await {
-            Ok(Ok(Event::Incoming(Packet::SubAck(ack)))) => {
-                let granted =
-                    ack.return_codes.iter().all(|c| !matches!(c, rumqttc::SubscribeReasonCode::Failure));
-                if granted {
-                    *Progress::lock(&progress.subscribed[j]) = true;
-                }
-                return granted;
-            }
-            Ok(Ok(Event::Outgoing(Outgoing::Subscribe(_)))) | Ok(Ok(_)) => {}
+        match tokio::time::timeout_at(deadline, e.next()).await {
+            Ok(Ok(Event::Subscribed(granted))) => return granted,
+            Ok(Ok(Event::Message(m))) => on_message(&m),
+            Ok(Ok(_)) => {}
             _ => return false,
         }
     }
@@ -412,6 +460,7 @@ mod mosquitto_tests {
 
     async fn run_workload(
         port: u16,
+        qos: u8,
         secs: u64,
         mid: impl FnOnce() + Send + 'static,
     ) -> Vec<crate::history::Event> {
@@ -419,7 +468,7 @@ mod mosquitto_tests {
             publishers: 2,
             subscribers: 2,
             rate: 40,
-            qos: 1,
+            qos,
             window: 100,
             roam: Duration::from_secs(1),
         };
@@ -475,12 +524,27 @@ mod mosquitto_tests {
     async fn roaming_persistent_subscribers_get_every_acked_message() {
         let port = free_port(7);
         let _m = start_mosquitto(port);
-        let h = run_workload(port, 4, || {}).await;
+        let h = run_workload(port, 1, 4, || {}).await;
         let q = QueueChecker { qos: 1 }.check(&h);
         assert_eq!(q.verdict, Verdict::Pass, "{q:?}");
         assert!(q.get("acked") > 100, "{q:?}");
         let s = SessionChecker.check(&h);
         assert_eq!(s.verdict, Verdict::Pass, "{s:?}");
+        assert!(s.get("reconnects") >= 2 && s.get("sessions_resumed") == s.get("reconnects"), "{s:?}");
+    }
+
+    /// QoS 2 with roaming subscribers: each reconnect resumes the client session, so messages the
+    /// broker resends before PUBREL and the PUBRELs themselves are handled, and nothing is
+    /// delivered twice.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn qos2_roaming_subscribers_get_every_acked_message_exactly_once() {
+        let port = free_port(6);
+        let _m = start_mosquitto(port);
+        let h = run_workload(port, 2, 4, || {}).await;
+        let q = QueueChecker { qos: 2 }.check(&h);
+        assert_eq!(q.verdict, Verdict::Pass, "{q:?}");
+        assert!(q.get("acked") > 100 && q.get("duplicates") == 0, "{q:?}");
+        let s = SessionChecker.check(&h);
         assert!(s.get("reconnects") >= 2 && s.get("sessions_resumed") == s.get("reconnects"), "{s:?}");
     }
 
@@ -491,7 +555,7 @@ mod mosquitto_tests {
         let port = free_port(8);
         let m = std::sync::Arc::new(std::sync::Mutex::new(Some(start_mosquitto(port))));
         let m2 = m.clone();
-        let h = run_workload(port, 4, move || {
+        let h = run_workload(port, 1, 4, move || {
             // Hold a subscriber's queue: the kill lands while messages are in flight.
             drop(m2.lock().unwrap().take());
             *m2.lock().unwrap() = Some(start_mosquitto(port));

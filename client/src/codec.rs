@@ -1,13 +1,13 @@
 //! MQTT bytes for the session, over rumqttc's public packet codecs (`rumqttc::mqttbytes` for
-//! 3.1.1, `rumqttc::v5::mqttbytes` for 5): what the bench sends, encoded; what the broker sends,
+//! 3.1.1, `rumqttc::v5::mqttbytes` for 5): what the client sends, encoded; what the broker sends,
 //! decoded into [`In`].
 
 use bytes::{Bytes, BytesMut};
 use rumqttc::v5::mqttbytes as m5;
 use rumqttc::v5::mqttbytes::v5 as p5;
 
-use super::session::{In, Out};
-use crate::cli::{Protocol, Qos};
+use crate::session::{In, Message, Out};
+use crate::{Protocol, Qos};
 
 /// Largest packet accepted from the broker (bytes).
 pub const MAX_PACKET: usize = 1024 * 1024;
@@ -17,7 +17,7 @@ pub const MAX_PACKET: usize = 1024 * 1024;
 #[error("{0}")]
 pub struct DecodeError(String);
 
-/// What the bench encodes.
+/// What the client encodes.
 #[derive(Debug, Clone)]
 pub enum Request<'a> {
     /// CONNECT.
@@ -96,6 +96,10 @@ fn from5(q: m5::QoS) -> Qos {
 /// Appends `r` to `buf` in protocol `p`.
 pub fn encode(p: Protocol, r: Request<'_>, buf: &mut BytesMut) -> Result<(), DecodeError> {
     let err = |e: &dyn std::fmt::Display| DecodeError(format!("encoding: {e}"));
+    if let Request::Ack(Out::Publish(packet)) = &r {
+        buf.extend_from_slice(packet);
+        return Ok(());
+    }
     match p {
         Protocol::V311 => {
             use rumqttc::Packet as P;
@@ -124,6 +128,7 @@ pub fn encode(p: Protocol, r: Request<'_>, buf: &mut BytesMut) -> Result<(), Dec
                 Request::Ack(Out::PubRec(id)) => P::PubRec(rumqttc::PubRec::new(id)),
                 Request::Ack(Out::PubRel(id)) => P::PubRel(rumqttc::PubRel::new(id)),
                 Request::Ack(Out::PubComp(id)) => P::PubComp(rumqttc::PubComp::new(id)),
+                Request::Ack(Out::Publish(_)) => unreachable!("written above"),
                 Request::PingReq => P::PingReq,
                 Request::Disconnect => P::Disconnect,
             };
@@ -158,6 +163,7 @@ pub fn encode(p: Protocol, r: Request<'_>, buf: &mut BytesMut) -> Result<(), Dec
                 Request::Ack(Out::PubRec(id)) => P::PubRec(p5::PubRec::new(id, None)),
                 Request::Ack(Out::PubRel(id)) => P::PubRel(p5::PubRel::new(id, None)),
                 Request::Ack(Out::PubComp(id)) => P::PubComp(p5::PubComp::new(id, None)),
+                Request::Ack(Out::Publish(_)) => unreachable!("written above"),
                 Request::PingReq => P::PingReq(p5::PingReq),
                 Request::Disconnect => {
                     P::Disconnect(p5::Disconnect::new(p5::DisconnectReasonCode::NormalDisconnection))
@@ -183,13 +189,23 @@ pub fn decode(p: Protocol, buf: &mut BytesMut) -> Result<Option<In>, DecodeError
                 P::ConnAck(a) => In::ConnAck {
                     ok: a.code == rumqttc::ConnectReturnCode::Success,
                     code: a.code as u8,
+                    session_present: a.session_present,
                     receive_max: None,
                 },
                 P::SubAck(a) => In::SubAck {
                     pkid: a.pkid,
                     ok: a.return_codes.iter().all(|c| matches!(c, rumqttc::SubscribeReasonCode::Success(_))),
                 },
-                P::Publish(p) => In::Publish { qos: from4(p.qos), pkid: p.pkid, payload: p.payload },
+                P::Publish(p) => In::Publish {
+                    pkid: p.pkid,
+                    msg: Message {
+                        topic: p.topic,
+                        payload: p.payload,
+                        qos: from4(p.qos),
+                        dup: p.dup,
+                        retain: p.retain,
+                    },
+                },
                 P::PubAck(a) => In::PubAck(a.pkid),
                 P::PubRec(a) => In::PubRec(a.pkid),
                 P::PubRel(a) => In::PubRel(a.pkid),
@@ -209,13 +225,23 @@ pub fn decode(p: Protocol, buf: &mut BytesMut) -> Result<Option<In>, DecodeError
                 P::ConnAck(a) => In::ConnAck {
                     ok: a.code == p5::ConnectReturnCode::Success,
                     code: connack_code5(&a.code),
+                    session_present: a.session_present,
                     receive_max: a.properties.and_then(|p| p.receive_max),
                 },
                 P::SubAck(a) => In::SubAck {
                     pkid: a.pkid,
                     ok: a.return_codes.iter().all(|c| matches!(c, p5::SubscribeReasonCode::Success(_))),
                 },
-                P::Publish(p) => In::Publish { qos: from5(p.qos), pkid: p.pkid, payload: p.payload },
+                P::Publish(p) => In::Publish {
+                    pkid: p.pkid,
+                    msg: Message {
+                        topic: String::from_utf8_lossy(&p.topic).into_owned(),
+                        payload: p.payload,
+                        qos: from5(p.qos),
+                        dup: p.dup,
+                        retain: p.retain,
+                    },
+                },
                 P::PubAck(a) => In::PubAck(a.pkid),
                 P::PubRec(a) => In::PubRec(a.pkid),
                 P::PubRel(a) => In::PubRel(a.pkid),
@@ -273,7 +299,14 @@ mod tests {
             if i + 1 < whole.len() {
                 assert_eq!(got, None);
             } else {
-                assert_eq!(got, Some(In::Publish { qos: Qos::Q1, pkid: 9, payload: payload.clone() }));
+                let msg = Message {
+                    topic: "a/b".into(),
+                    payload: payload.clone(),
+                    qos: Qos::Q1,
+                    dup: false,
+                    retain: false,
+                };
+                assert_eq!(got, Some(In::Publish { pkid: 9, msg }));
             }
         }
         assert!(feed.is_empty());
@@ -303,7 +336,7 @@ mod tests {
         let mut buf = BytesMut::from(&[0x20, 0x02, 0x00, 0x05][..]);
         assert_eq!(
             decode(Protocol::V311, &mut buf).expect("decode"),
-            Some(In::ConnAck { ok: false, code: 5, receive_max: None })
+            Some(In::ConnAck { ok: false, code: 5, session_present: false, receive_max: None })
         );
     }
 }

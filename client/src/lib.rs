@@ -1,25 +1,37 @@
-//! One MQTT 3.1.1 / 5 client for the bench: our own socket (so it can be bound to a source
-//! address, and carried over TLS, WebSocket or QUIC), rumqttc's packet codecs, and a small session
-//! state machine.
+//! The MQTT 3.1.1 / 5 client of `ironhub-bench` and `ironhub-chaos`: our own socket (so it can be
+//! bound to a source address, and carried over TLS, WebSocket or QUIC), rumqttc's packet codecs,
+//! and a small session state machine that survives reconnects.
 //!
-//! - [`transport`]: the byte stream (TCP from `--ifaddr`, TLS, WS, WSS, QUIC).
+//! - [`transport`]: the byte stream (TCP from a chosen source address, TLS, WS, WSS, QUIC).
 //! - [`codec`]: packets to and from bytes, over `rumqttc::mqttbytes` (3.1.1) and
 //!   `rumqttc::v5::mqttbytes` (5).
-//! - [`session`]: packet ids, the outgoing QoS 1/2 window, the QoS 2 handshakes; pure, tested by
-//!   its exact output.
+//! - [`session`]: packet ids, the outgoing QoS 1/2 window, the QoS 2 handshakes, and what a resumed
+//!   session sends again; pure, tested by its exact output.
 //!
 //! A [`Client`] enqueues requests (subscribe, publish, disconnect) without waiting; its [`Events`]
-//! must be polled by the same task to move bytes, and yields the few events the bench cares about
+//! must be polled by the same task to move bytes, and yields the few events the tools care about
 //! ([`Event`]). The request queue holds [`REQUEST_CAPACITY`] requests and the session at most
-//! `--inflight` unacknowledged QoS 1/2 publishes (fewer if an MQTT 5 broker's Receive Maximum says
+//! `inflight` unacknowledged QoS 1/2 publishes (fewer if an MQTT 5 broker's Receive Maximum says
 //! so): when both are full, [`Client::try_publish`] returns [`Publish::Full`] and the publisher
 //! waits for the next event before trying again.
 //!
-//! Why not rumqttc's own event loop (it was used before): it creates its socket itself and cannot
-//! bind a source address (0.25 offers only `bind_device`, a device name, not an address), its
-//! `EventLoop::network` cannot be replaced from outside (the `Network` type is private, and a
-//! handed-over stream would skip CONNECT), and its TLS / WebSocket features need crates that are
-//! not in this workspace. Its packet codecs are public and well tested, so they are kept.
+//! **Persistent sessions.** [`Events::into_session`] takes the session back when a connection
+//! ends, and [`connect_with`] resumes it on the next connection, to the same broker or another
+//! node of a cluster: if the broker answers "session present", every unacknowledged PUBLISH (DUP
+//! set) and unfinished PUBREL is sent again in order and incoming QoS 2 messages stay
+//! deduplicated, so QoS 2 is exactly once across reconnects (which rumqttc 0.25 cannot do: it
+//! forgets incoming QoS 2 packet ids on reconnect and then refuses the broker's PUBREL).
+//!
+//! **Acknowledgements** of incoming QoS 1/2 messages are written on the poll after the one that
+//! returned the message, so a client acknowledges only what the application has seen.
+//!
+//! Why not rumqttc's own event loop: it creates its socket itself and cannot bind a source address
+//! (0.25 offers only `bind_device`, a device name, not an address), its `EventLoop::network` cannot
+//! be replaced from outside (the `Network` type is private, and a handed-over stream would skip
+//! CONNECT), and its TLS / WebSocket features need crates that are not in this workspace. Its
+//! packet codecs are public and well tested, so they are kept.
+
+#![warn(missing_docs)]
 
 pub mod codec;
 pub mod session;
@@ -38,12 +50,36 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::mpsc;
 use tokio::time::{sleep_until, Instant};
 
-pub use session::Event;
-use session::{In, Session};
+use session::In;
+pub use session::{Event, Message, Session};
 pub use transport::{Endpoint, Transport};
 
-use crate::cli::{Protocol, Qos};
 use codec::Request;
+
+/// MQTT protocol version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+pub enum Protocol {
+    /// MQTT 3.1.1.
+    #[value(name = "3.1.1", alias = "3", alias = "4")]
+    V311,
+    /// MQTT 5.
+    #[value(name = "5")]
+    V5,
+}
+
+/// Quality of service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+pub enum Qos {
+    /// At most once.
+    #[value(name = "0")]
+    Q0,
+    /// At least once.
+    #[value(name = "1")]
+    Q1,
+    /// Exactly once.
+    #[value(name = "2")]
+    Q2,
+}
 
 /// Requests queued per client before `try_publish` reports `Full`.
 pub const REQUEST_CAPACITY: usize = 64;
@@ -58,7 +94,8 @@ pub struct ClientConfig {
     pub protocol: Protocol,
     /// Client identifier.
     pub client_id: String,
-    /// Clean session (3.1.1) / clean start with no session expiry (5); otherwise a persistent session.
+    /// Clean session (3.1.1) / clean start with no session expiry (5); otherwise a persistent
+    /// session (MQTT 5: expiring an hour after the connection ends).
     pub clean: bool,
     /// Keep-alive.
     pub keep_alive: Duration,
@@ -147,6 +184,8 @@ pub struct Events {
     ping_outstanding: bool,
     /// DISCONNECT queued: finish writing, then end.
     closing: bool,
+    /// The CONNACK said the broker resumed a session.
+    session_present: bool,
 }
 
 impl Client {
@@ -170,26 +209,21 @@ impl Client {
 }
 
 /// Opens the byte stream, sends CONNECT and waits for an accepting CONNACK (the caller bounds
-/// the wait).
+/// the wait), with a new session.
 pub async fn connect(ep: &Endpoint, cfg: &ClientConfig) -> Result<(Client, Events), ClientError> {
+    connect_with(ep, cfg, Session::new(cfg.inflight)).await
+}
+
+/// [`connect`] carrying `session` from an earlier connection: if the broker resumes it (see
+/// [`Events::session_present`]), what was in flight is sent again.
+pub async fn connect_with(
+    ep: &Endpoint,
+    cfg: &ClientConfig,
+    session: Session,
+) -> Result<(Client, Events), ClientError> {
     let io = ep.open(cfg.source).await?;
-    let (tx, rx) = mpsc::channel(REQUEST_CAPACITY);
     let keep_alive = cfg.keep_alive.max(Duration::from_secs(1));
-    let mut ev = Events {
-        io,
-        rx,
-        session: Session::new(cfg.inflight),
-        protocol: cfg.protocol,
-        rbuf: BytesMut::with_capacity(1024),
-        wbuf: BytesMut::with_capacity(256),
-        need_flush: false,
-        pending: VecDeque::new(),
-        held: None,
-        keep_alive,
-        last_out: Instant::now(),
-        ping_outstanding: false,
-        closing: false,
-    };
+    let (client, mut ev) = Events::over(io, cfg.protocol, keep_alive, session);
     ev.encode(Request::Connect {
         client_id: &cfg.client_id,
         keep_alive: keep_alive.as_secs().min(u64::from(u16::MAX)) as u16,
@@ -199,8 +233,8 @@ pub async fn connect(ep: &Endpoint, cfg: &ClientConfig) -> Result<(Client, Event
         credentials: cfg.credentials.as_ref(),
     })?;
     loop {
-        if let Event::Connected = ev.next().await? {
-            return Ok((Client { tx }, ev));
+        if let Event::Connected { .. } = ev.next().await? {
+            return Ok((client, ev));
         }
     }
 }
@@ -261,6 +295,43 @@ fn drive(
 }
 
 impl Events {
+    /// A client over an open byte stream, before CONNECT.
+    fn over(
+        io: transport::Io,
+        protocol: Protocol,
+        keep_alive: Duration,
+        session: Session,
+    ) -> (Client, Events) {
+        let (tx, rx) = mpsc::channel(REQUEST_CAPACITY);
+        let ev = Events {
+            io,
+            rx,
+            session,
+            protocol,
+            rbuf: BytesMut::with_capacity(1024),
+            wbuf: BytesMut::with_capacity(256),
+            need_flush: false,
+            pending: VecDeque::new(),
+            held: None,
+            keep_alive,
+            last_out: Instant::now(),
+            ping_outstanding: false,
+            closing: false,
+            session_present: false,
+        };
+        (Client { tx }, ev)
+    }
+
+    /// Whether the broker resumed this client's session (CONNACK session present).
+    pub fn session_present(&self) -> bool {
+        self.session_present
+    }
+
+    /// The session, to resume on the next connection ([`connect_with`]) once this one ended.
+    pub fn into_session(self) -> Session {
+        self.session
+    }
+
     fn encode(&mut self, r: Request<'_>) -> Result<(), ClientError> {
         codec::encode(self.protocol, r, &mut self.wbuf)
             .map_err(|e| ClientError::new("protocol", e.to_string()))?;
@@ -277,9 +348,13 @@ impl Events {
             }
             Req::Publish { topic, qos, payload } => match self.session.publish(qos) {
                 Some(pkid) => {
+                    let start = self.wbuf.len();
                     self.encode(Request::Publish { pkid, topic: &topic, qos, payload })?;
                     if qos == Qos::Q0 {
                         self.pending.push_back(Event::SentQos0);
+                    } else {
+                        // Kept until acknowledged, to be sent again if the session resumes elsewhere.
+                        self.session.keep(pkid, Bytes::copy_from_slice(&self.wbuf[start..]));
                     }
                     Ok(())
                 }
@@ -318,6 +393,12 @@ impl Events {
                     })?;
                     if let Some(out) = out {
                         self.encode(Request::Ack(out))?;
+                    }
+                    if let Event::Connected { session_present } = ev {
+                        self.session_present = session_present;
+                        for out in self.session.resend() {
+                            self.encode(Request::Ack(out))?;
+                        }
                     }
                     if ev != Event::Other {
                         return Ok(ev);
@@ -373,23 +454,8 @@ mod tests {
     #[tokio::test]
     async fn a_client_connects_subscribes_publishes_and_acks_over_a_pipe() {
         let (client_side, mut broker) = tokio::io::duplex(4096);
-        let (tx, rx) = mpsc::channel(REQUEST_CAPACITY);
-        let mut ev = Events {
-            io: Box::new(client_side),
-            rx,
-            session: Session::new(10),
-            protocol: Protocol::V311,
-            rbuf: BytesMut::new(),
-            wbuf: BytesMut::new(),
-            need_flush: false,
-            pending: VecDeque::new(),
-            held: None,
-            keep_alive: Duration::from_secs(30),
-            last_out: Instant::now(),
-            ping_outstanding: false,
-            closing: false,
-        };
-        let client = Client { tx };
+        let (client, mut ev) =
+            Events::over(Box::new(client_side), Protocol::V311, Duration::from_secs(30), Session::new(10));
         let broker_task = tokio::spawn(async move {
             let mut buf = BytesMut::new();
             broker.write_all(&[0x20, 0x02, 0x00, 0x00]).await.expect("connack");
@@ -410,15 +476,72 @@ mod tests {
             let (t, _) = next_packet(&mut buf, &mut broker).await;
             assert_eq!(t, 0xE0, "DISCONNECT");
         });
-        assert_eq!(ev.next().await.expect("connack"), Event::Connected);
+        assert_eq!(ev.next().await.expect("connack"), Event::Connected { session_present: false });
         assert!(client.subscribe("t", Qos::Q1).await);
         assert_eq!(ev.next().await.expect("suback"), Event::Subscribed(true));
         assert_eq!(client.try_publish("t", Qos::Q1, b"x".to_vec()), Publish::Queued);
         assert_eq!(ev.next().await.expect("puback"), Event::Acked);
-        assert_eq!(ev.next().await.expect("publish"), Event::Message(Bytes::from_static(b"hi!")));
+        let Event::Message(m) = ev.next().await.expect("publish") else { panic!("a message") };
+        assert_eq!((m.topic.as_str(), &m.payload[..]), ("t", &b"hi!"[..]));
         client.try_disconnect();
         assert_eq!(ev.next().await.expect_err("closed").kind(), "closed");
         broker_task.await.expect("broker script");
+    }
+
+    /// A QoS 2 exchange both ways is cut after PUBREC/PUBREL; the session resumes on a second
+    /// connection: the client releases its publish again, does not hand over the message the
+    /// broker resends, and completes both handshakes.
+    #[tokio::test]
+    async fn a_resumed_session_finishes_qos2_both_ways_on_the_next_connection() {
+        let (client_side, mut broker) = tokio::io::duplex(4096);
+        let (client, mut ev) =
+            Events::over(Box::new(client_side), Protocol::V311, Duration::from_secs(30), Session::new(10));
+        let first = tokio::spawn(async move {
+            let mut buf = BytesMut::new();
+            broker.write_all(&[0x20, 0x02, 0x00, 0x00]).await.expect("connack");
+            let (t, publish) = next_packet(&mut buf, &mut broker).await;
+            assert_eq!(t, 0x34, "QoS 2 PUBLISH");
+            let id = [publish[5], publish[6]];
+            broker.write_all(&[0x50, 0x02, id[0], id[1]]).await.expect("pubrec");
+            let (t, _) = next_packet(&mut buf, &mut broker).await;
+            assert_eq!(t, 0x62, "PUBREL");
+            // A QoS 2 message to the client, id 5; its PUBREC comes, then the connection breaks.
+            broker.write_all(&[0x34, 0x06, 0x00, 0x01, b't', 0x00, 0x05, b'm']).await.expect("publish");
+            let (t, rec) = next_packet(&mut buf, &mut broker).await;
+            assert_eq!((t, &rec[2..]), (0x50, &[0x00, 0x05][..]), "PUBREC 5");
+            id
+        });
+        assert_eq!(ev.next().await.expect("connack"), Event::Connected { session_present: false });
+        assert_eq!(client.try_publish("t", Qos::Q2, b"x".to_vec()), Publish::Queued);
+        let Event::Message(m) = ev.next().await.expect("message") else { panic!("a message") };
+        assert_eq!(&m.payload[..], b"m");
+        // The next poll writes the PUBREC; then the broker hangs up.
+        assert_eq!(ev.next().await.expect_err("the broker hung up").kind(), "closed");
+        let id = first.await.expect("first connection script");
+        let session = ev.into_session();
+
+        let (client_side, mut broker) = tokio::io::duplex(4096);
+        let (_client, mut ev) =
+            Events::over(Box::new(client_side), Protocol::V311, Duration::from_secs(30), session);
+        let second = tokio::spawn(async move {
+            let mut buf = BytesMut::new();
+            broker.write_all(&[0x20, 0x02, 0x01, 0x00]).await.expect("connack, session present");
+            let (t, rel) = next_packet(&mut buf, &mut broker).await;
+            assert_eq!((t, &rel[2..]), (0x62, &id[..]), "the PUBREL is sent again");
+            // The broker did not get the PUBREC for 5: it resends the message with DUP.
+            broker.write_all(&[0x3C, 0x06, 0x00, 0x01, b't', 0x00, 0x05, b'm']).await.expect("dup");
+            let (t, rec) = next_packet(&mut buf, &mut broker).await;
+            assert_eq!((t, &rec[2..]), (0x50, &[0x00, 0x05][..]), "PUBREC 5 again");
+            broker.write_all(&[0x62, 0x02, 0x00, 0x05]).await.expect("pubrel 5");
+            let (t, comp) = next_packet(&mut buf, &mut broker).await;
+            assert_eq!((t, &comp[2..]), (0x70, &[0x00, 0x05][..]), "PUBCOMP 5");
+            broker.write_all(&[0x70, 0x02, id[0], id[1]]).await.expect("pubcomp");
+            let mut rest = [0u8; 16];
+            let _ = broker.read(&mut rest).await;
+        });
+        assert_eq!(ev.next().await.expect("connack"), Event::Connected { session_present: true });
+        assert_eq!(ev.next().await.expect("pubcomp"), Event::Acked, "no second delivery of 5 before it");
+        second.abort();
     }
 
     async fn next_packet(buf: &mut BytesMut, broker: &mut tokio::io::DuplexStream) -> (u8, BytesMut) {
