@@ -5,7 +5,11 @@
 # connections).
 #
 #   bench/scripts/mqtt-table.sh [ROWS...]
-#   rows: q0 q1 q1max conn conn-split three-q0 three-q1 three-conn transports
+#   rows: q0 q0flood q1 q1rates q1max conn conn-split three-q0 three-q1 three-conn transports
+#
+# QoS 0 is measured at offered rates in steps (Q0_RATES), the same for both brokers: unthrottled
+# publishers flood a QoS 0 broker (it may drop, and a queue that only grows says nothing about
+# how fast it serves), so the table gives each broker's latency and loss at each rate.
 #
 # Environment: BIN (release dir with ironhub and ironhub-bench, default $CARGO_TARGET_DIR/release
 # or /var/cache/ironhub/target/release), BENCH (ironhub-bench binary, default $BIN/ironhub-bench),
@@ -16,7 +20,9 @@ BIN=${BIN:-${CARGO_TARGET_DIR:-/var/cache/ironhub/target}/release}
 BENCH=${BENCH:-$BIN/ironhub-bench}
 IRONHUB=${IRONHUB:-$BIN/ironhub}
 OUT=${OUT:-./bench-out}
-ROWS=${*:-q0 q1 q1max conn conn-split three-q0 three-q1 three-conn transports}
+ROWS=${*:-q0 q1 q1rates q1max conn conn-split three-q0 three-q1 three-conn transports}
+Q0_RATES=${Q0_RATES:-40000 80000 120000 160000 200000 240000}
+Q1_RATES=${Q1_RATES:-10000 20000}
 mkdir -p "$OUT"
 WORK=$(mktemp -d)
 PIDS=()
@@ -132,13 +138,21 @@ run() { # name, bench args...
 for row in $ROWS; do
   case $row in conn|conn-split|three-conn|transports) fresh ;; esac
   case $row in
-    q0|q1|q1max|conn)
+    q0|q0flood|q1|q1rates|q1max|conn)
       [ -n "${MOSQ:-}" ] || start_mosquitto
       [ -n "${ONE:-}" ] || start_single ;;
   esac
   case $row in
-    q0) run q0 compare --a 127.0.0.1:18851 --b 127.0.0.1:18861 p2p --pairs 50 --duration 10 --rate 0 --qos 0 \
+    q0) for r in $Q0_RATES; do
+          run "q0-$r" compare --a 127.0.0.1:18851 --b 127.0.0.1:18861 p2p --pairs 50 --duration 10 --rate-total "$r" \
+            --qos 0 --broker-pid "$MOSQ" --broker-pid "$ONE"
+        done ;;
+    q0flood) run q0flood compare --a 127.0.0.1:18851 --b 127.0.0.1:18861 p2p --pairs 50 --duration 10 --rate 0 --qos 0 \
           --broker-pid "$MOSQ" --broker-pid "$ONE" ;;
+    q1rates) for r in $Q1_RATES; do
+          run "q1-$r" compare --a 127.0.0.1:18851 --b 127.0.0.1:18861 p2p --pairs 50 --duration 10 --rate-total "$r" \
+            --qos 1 --broker-pid "$MOSQ" --broker-pid "$ONE"
+        done ;;
     q1) run q1 compare --a 127.0.0.1:18851 --b 127.0.0.1:18861 p2p --pairs 50 --duration 10 --rate-total 3000 --qos 1 \
           --broker-pid "$MOSQ" --broker-pid "$ONE" ;;
     q1max) run q1max compare --a 127.0.0.1:18851 --b 127.0.0.1:18861 p2p --pairs 50 --duration 10 --rate 0 --qos 1 \
@@ -154,13 +168,13 @@ for row in $ROWS; do
       start_single_tls
       for t in tcp:18861 tls:18862 ws:18863 wss:18864 quic:18865; do
         run "transport-${t%%:*}" p2p --transport "${t%%:*}" --port "${t##*:}" --ca "$WORK/cert.pem" \
-          --pairs 50 --duration 10 --rate 0 --qos 0 --broker-pid "$ONE"
+          --pairs 50 --duration 10 --rate-total 60000 --qos 0 --broker-pid "$ONE"
       done ;;
     three-*)
       if [ -n "${ONE:-}" ]; then stop "$ONE"; ONE=; fi
       [ -n "${THREE:-}" ] || start_three
       case $row in
-        three-q0) run three-q0 p2p --port 18871 --pairs 50 --duration 10 --rate 0 --qos 0 \
+        three-q0) run three-q0 p2p --port 18871 --pairs 50 --duration 10 --rate-total 120000 --qos 0 \
               --broker-pid "${THREE[0]}" --broker-pid "${THREE[1]}" --broker-pid "${THREE[2]}" ;;
         three-q1) run three-q1 p2p --port 18871 --pairs 50 --duration 10 --rate-total 3000 --qos 1 \
               --broker-pid "${THREE[0]}" --broker-pid "${THREE[1]}" --broker-pid "${THREE[2]}" ;;

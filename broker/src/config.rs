@@ -137,6 +137,11 @@ pub struct Mqtt {
     pub deny_filters: Vec<String>,
     /// QoS 0 messages buffered per connection before new ones are dropped (default 1000).
     pub qos0_buffer: usize,
+    /// QoS 1/2 messages a partition may hold waiting for fan-out before its publishers are held
+    /// back (their PUBACK/PUBREC waits, up to 10 s, then the message is stored anyway); default 1024.
+    /// Bounds the time a message spends between its PUBACK and its subscribers' queues under
+    /// overload, instead of letting it grow until their queues overflow.
+    pub max_fanout_backlog: u64,
 }
 
 impl Default for Mqtt {
@@ -157,6 +162,7 @@ impl Default for Mqtt {
             connect_timeout_s: 10,
             deny_filters: Vec::new(),
             qos0_buffer: 1000,
+            max_fanout_backlog: 1024,
         }
     }
 }
@@ -346,6 +352,9 @@ impl Config {
                 "mqtt.max_queue",
                 "max_queue, receive_maximum, max_inflight and qos0_buffer must be at least 1",
             ));
+        }
+        if m.max_fanout_backlog == 0 {
+            return Err(err("mqtt.max_fanout_backlog", "must be at least 1 (default 1024)"));
         }
         if u64::from(m.receive_maximum) > crate::state::session::PublishWindow::SPAN {
             return Err(err(

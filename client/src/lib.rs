@@ -374,6 +374,14 @@ impl Events {
     /// progress in `self` (buffers, held request), so a dropped call loses nothing.
     pub async fn next(&mut self) -> Result<Event, ClientError> {
         loop {
+            // Take every request queued meanwhile first, so one write carries them all.
+            while !self.closing && self.held.is_none() && self.wbuf.len() < WRITE_HIGH_WATER {
+                match self.rx.try_recv() {
+                    Ok(r) => self.on_request(r)?,
+                    // Empty, or closed (the select below sees that and disconnects).
+                    Err(_) => break,
+                }
+            }
             if let Some(e) = self.pending.pop_front() {
                 return Ok(e);
             }

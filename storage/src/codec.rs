@@ -16,6 +16,9 @@ pub const FORMAT_VERSION: u8 = 1;
 /// The largest encoded value, and the largest length any decoder accepts (64 MiB).
 pub const MAX_VALUE: usize = 64 * 1024 * 1024;
 
+/// Initial buffer of [`encode`] (bytes).
+const ENCODE_CAPACITY: usize = 256;
+
 fn config() -> impl bincode::config::Config {
     bincode::config::standard().with_limit::<MAX_VALUE>()
 }
@@ -26,7 +29,9 @@ fn config() -> impl bincode::config::Config {
 /// than [`MAX_VALUE`] (it could never be decoded again).
 pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, StorageError> {
     let what = || std::any::type_name::<T>().to_string();
-    let mut out = vec![FORMAT_VERSION];
+    // Most values (commands, session records, queued messages) fit: no regrowth while encoding.
+    let mut out = Vec::with_capacity(ENCODE_CAPACITY);
+    out.push(FORMAT_VERSION);
     bincode::serde::encode_into_std_write(value, &mut out, config())
         .map_err(|e| StorageError::Rejected { what: what(), detail: e.to_string() })?;
     if out.len() - 1 > MAX_VALUE {

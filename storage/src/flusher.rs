@@ -3,7 +3,8 @@
 //! One dedicated thread (`ironhub-log-flush`) owns all log writes. Each round it takes every
 //! queued job — appends, truncates, purges, votes of all groups, in arrival order — writes them
 //! into the engine without sync, issues exactly one `flush_wal(true)`, and only then completes the
-//! round's callbacks. So one fsync covers the appends of all 17 groups, and no callback can fire
+//! round's callbacks. A round of fire-and-forget writes only (the committed index) is not synced:
+//! the next round with a waiter, or the stop, covers it. So one fsync covers the appends of all 17 groups, and no callback can fire
 //! before its entries are durable. Keeping every write on one thread also keeps openraft's rule
 //! that log I/O is serialized: a vote and an append are durable in the order they were issued.
 //!
@@ -62,7 +63,8 @@ pub(crate) enum Job {
 /// Counters of the flusher, for metrics. All only grow.
 #[derive(Debug, Default)]
 pub struct FlusherStats {
-    /// Rounds completed (each ends with one `flush_wal(true)`).
+    /// Rounds completed that waited for durability (each ends with one `flush_wal(true)`; rounds
+    /// of fire-and-forget writes only are not synced and not counted).
     pub rounds: AtomicU64,
     /// Log entries made durable.
     pub flushed_entries: AtomicU64,
@@ -107,7 +109,7 @@ impl Flusher {
     pub fn start(engine: Arc<dyn KvEngine>) -> Result<Flusher, StorageError> {
         let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
         let stats = Arc::new(FlusherStats::default());
-        let worker = Worker { engine, rx, stats: stats.clone(), failed: None };
+        let worker = Worker { engine, rx, stats: stats.clone(), failed: None, dirty: false };
         let handle = std::thread::Builder::new()
             .name("ironhub-log-flush".into())
             .spawn(move || worker.run())
@@ -184,6 +186,8 @@ struct Worker {
     /// Set after the first failed write or fsync: every later job fails too, because writing
     /// past a lost write could leave a hole in a log.
     failed: Option<(&'static str, String)>,
+    /// Writes are in the engine that no fsync covered yet (rounds without a waiter).
+    dirty: bool,
 }
 
 impl Worker {
@@ -227,6 +231,12 @@ impl Worker {
                 self.round(writes);
             }
         }
+        if self.dirty && self.failed.is_none() {
+            // Fire-and-forget writes of the last rounds: durable before the thread stops.
+            if let Err(e) = self.engine.flush_wal(true) {
+                tracing::error!("syncing the raft logs at stop failed: {e}");
+            }
+        }
         for ack in acks {
             let _ = ack.send(());
         }
@@ -262,6 +272,17 @@ impl Worker {
             for (mark, seq) in &marks {
                 mark.fetch_max(*seq, Ordering::AcqRel);
             }
+        }
+        if dones.is_empty() {
+            // Nobody waits for durability (fire-and-forget writes such as the committed index):
+            // no fsync now; they become durable with the next round that has a waiter, or at stop.
+            self.dirty |= result.is_ok();
+            if let Err(e) = &result {
+                self.fail(e);
+            }
+            return;
+        }
+        if result.is_ok() {
             let start = Instant::now();
             result = self.engine.flush_wal(true);
             let nanos = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
@@ -269,22 +290,25 @@ impl Worker {
         }
         match &result {
             Ok(()) => {
+                self.dirty = false;
                 self.stats.rounds.fetch_add(1, Ordering::Relaxed);
                 self.stats.flushed_entries.fetch_add(entries, Ordering::Relaxed);
             }
-            Err(e) => {
-                if self.failed.is_none() {
-                    tracing::error!("raft log write failed; every later log write will fail: {e}");
-                    let op = match e {
-                        StorageError::Engine { op, .. } => op,
-                        _ => "write",
-                    };
-                    self.failed = Some((op, e.to_string()));
-                }
-            }
+            Err(e) => self.fail(e),
         }
         for done in dones {
             done(self.check_failed());
+        }
+    }
+
+    fn fail(&mut self, e: &StorageError) {
+        if self.failed.is_none() {
+            tracing::error!("raft log write failed; every later log write will fail: {e}");
+            let op = match e {
+                StorageError::Engine { op, .. } => op,
+                _ => "write",
+            };
+            self.failed = Some((op, e.to_string()));
         }
     }
 

@@ -16,7 +16,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use futures::future::BoxFuture;
 use futures::stream::{FuturesOrdered, FuturesUnordered};
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use ironhub_raft::{partition_of, GroupId, Proposal, ProposeError};
 use ironhub_storage::codec as wire;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -30,8 +30,18 @@ use super::{now_ms, proto, Broker};
 use crate::state::session::{queue_key, queue_seq, Message, Owner, Props, Queued, SessionCommand, Sub, Will};
 use crate::state::{retained_key, Command, Response, Retained, RETAINED};
 
-/// Least time between two stored ack cursors of one connection (DESIGN: acks as cursors).
+/// Least time between two stored ack cursors of one connection (DESIGN: acks as cursors)...
 const ACK_INTERVAL: Duration = Duration::from_millis(20);
+/// ...unless this many acks are waiting: messages stay in the session's queue (and count against
+/// `mqtt.max_queue`) until the cursor passing them is stored, so a busy subscriber's cursor must
+/// not fall far behind what it acknowledged.
+const ACK_BATCH: u64 = 32;
+
+/// Bytes of ready output (acks, QoS 0 messages) gathered into one write before flushing.
+const COALESCE_BYTES: usize = 64 * 1024;
+
+/// How long a QoS >= 1 PUBLISH waits for room in its partition's fan-out backlog.
+const FANOUT_PATIENCE: Duration = Duration::from_secs(10);
 
 /// First packet id of retained-message deliveries (not from the queue).
 const TRANSIENT_PKID: u16 = 32768;
@@ -109,6 +119,8 @@ struct Conn<W> {
     dup_below: u64,
     rel_pending: Vec<u64>,
     ack_in_flight: bool,
+    /// Cuts the wait between two cursor updates short once [`ACK_BATCH`] acks are pending.
+    ack_urgent: Arc<Notify>,
     retained_out: VecDeque<(Arc<Message>, u8, Vec<u32>)>,
     transient: HashMap<u16, u8>,
     next_transient: u16,
@@ -199,6 +211,7 @@ async fn run<R, W>(
         dup_below: 0,
         rel_pending: Vec::new(),
         ack_in_flight: false,
+        ack_urgent: Arc::default(),
         retained_out: VecDeque::new(),
         transient: HashMap::new(),
         next_transient: TRANSIENT_PKID,
@@ -260,20 +273,36 @@ async fn run<R, W>(
                 Ok(n) => { b.router.metrics.bytes.with_label_values(&["in"]).inc_by(n as u64); }
                 Err(_) => break End::Lost("read failed"),
             },
-            Some(reply) = pipeline.next(), if !pipeline.is_empty() => match reply {
-                Reply::Packet(p) => {
-                    if matches!(p, v5::Packet::PubAck(_) | v5::Packet::PubComp(_)) {
-                        c.inbound_pending = c.inbound_pending.saturating_sub(1);
+            Some(reply) = pipeline.next(), if !pipeline.is_empty() => {
+                // Replies already done go out in the same write.
+                let mut reply = Some(reply);
+                let mut ended = None;
+                while let Some(r) = reply.take() {
+                    match r {
+                        Reply::Packet(p) => {
+                            if matches!(p, v5::Packet::PubAck(_) | v5::Packet::PubComp(_)) {
+                                c.inbound_pending = c.inbound_pending.saturating_sub(1);
+                            }
+                            c.send(p);
+                        }
+                        Reply::SubAck(p, subs, existed) => {
+                            c.send(p);
+                            c.queue_retained(subs, existed).await;
+                            pump_needed = true;
+                        }
+                        Reply::End(e) => {
+                            ended = Some(e);
+                            break;
+                        }
                     }
-                    c.send(p);
+                    if c.out.len() < COALESCE_BYTES {
+                        reply = pipeline.next().now_or_never().flatten();
+                    }
                 }
-                Reply::SubAck(p, subs, existed) => {
-                    c.send(p);
-                    c.queue_retained(subs, existed).await;
-                    pump_needed = true;
+                if let Some(e) = ended {
+                    break e;
                 }
-                Reply::End(e) => break e,
-            },
+            }
             Some((rel, r)) = acks.next(), if !acks.is_empty() => {
                 c.ack_in_flight = false;
                 match r {
@@ -294,6 +323,13 @@ async fn run<R, W>(
             }
             Some(live) = live_rx.recv() => {
                 c.send_live(live);
+                // Everything else already routed here goes out in the same write.
+                while c.out.len() < COALESCE_BYTES {
+                    match live_rx.try_recv() {
+                        Ok(live) => c.send_live(live),
+                        Err(_) => break,
+                    }
+                }
             }
             _ = local.wake.notified() => pump_needed = true,
             r = kick_rx.changed() => {
@@ -912,6 +948,18 @@ impl<W: AsyncWrite + Unpin> Conn<W> {
         });
         pipeline.push_back(Box::pin(async move {
             let turn = lane.wait(ticket).await;
+            // Back-pressure: while the partition's fan-out is far behind, the PUBACK/PUBREC waits
+            // (so does this client's receive maximum) instead of the backlog growing until the
+            // subscribers' queues overflow. After the patience it is stored anyway.
+            let limit = b.cfg.max_fanout_backlog;
+            if b.router.fanout_backlog(g) >= limit {
+                let room = b.router.wait_fanout_room(g, limit, FANOUT_PATIENCE).await;
+                b.router
+                    .metrics
+                    .fanout_held
+                    .with_label_values(&[if room { "waited" } else { "gave_up" }])
+                    .inc();
+            }
             // A retained QoS≥1 message is stored before it is acknowledged (queued first, in turn).
             let retained = match msg.retain {
                 true => {
@@ -1244,6 +1292,9 @@ impl<W: AsyncWrite + Unpin> Conn<W> {
         while self.done.remove(&self.head) {
             self.head += 1;
         }
+        if self.ack_in_flight && self.head.saturating_sub(self.acked_head) >= ACK_BATCH {
+            self.ack_urgent.notify_one();
+        }
     }
 
     /// The next cursor update to store, if one is due and none is in flight.
@@ -1263,15 +1314,19 @@ impl<W: AsyncWrite + Unpin> Conn<W> {
             sent_upto: self.sent_upto,
             rel: rel.clone(),
         });
-        let (b, g) = (self.b.clone(), self.group);
+        let (b, g, urgent) = (self.b.clone(), self.group, self.ack_urgent.clone());
         Some(Box::pin(async move {
             let started = Instant::now();
             let r = propose_patiently(&b, g, cmd, Duration::from_secs(5)).await;
-            // Cursor-only updates go at most every ACK_INTERVAL: acks arriving meanwhile ride on
-            // the next one (fewer commits; a cursor behind only means redelivery after failover).
-            // One that releases QoS 2 messages completes at once: its PUBRELs wait for it.
+            // Cursor-only updates go at most every ACK_INTERVAL (or at ACK_BATCH acks): acks
+            // arriving meanwhile ride on the next one (fewer commits; a cursor behind only means
+            // redelivery after failover). One that releases QoS 2 messages completes at once: its
+            // PUBRELs wait for it.
             if rel.is_empty() {
-                tokio::time::sleep_until(started + ACK_INTERVAL).await;
+                tokio::select! {
+                    _ = tokio::time::sleep_until(started + ACK_INTERVAL) => {}
+                    _ = urgent.notified() => {}
+                }
             }
             (rel, r)
         }))

@@ -35,6 +35,9 @@ pub struct MqttMetrics {
     pub deliver_latency: HistogramVec,
     /// Sessions taken over by a newer connection.
     pub takeovers: IntCounter,
+    /// QoS >= 1 PUBLISHes held back by a full fan-out backlog, by outcome: `waited` (room came),
+    /// `gave_up` (stored after `FANOUT_PATIENCE` anyway).
+    pub fanout_held: IntCounterVec,
 }
 
 impl MqttMetrics {
@@ -103,6 +106,13 @@ impl MqttMetrics {
                 &["qos"],
             )?,
             takeovers: IntCounter::new("ironhub_mqtt_session_takeovers_total", "Sessions taken over")?,
+            fanout_held: IntCounterVec::new(
+                Opts::new(
+                    "ironhub_fanout_backpressure_total",
+                    "QoS >= 1 PUBLISHes held back while their partition's fan-out backlog was full",
+                ),
+                &["outcome"],
+            )?,
         };
         registry.register(Box::new(m.connections.clone()))?;
         registry.register(Box::new(m.connects.clone()))?;
@@ -118,6 +128,11 @@ impl MqttMetrics {
         registry.register(Box::new(m.clock_lead.clone()))?;
         registry.register(Box::new(m.deliver_latency.clone()))?;
         registry.register(Box::new(m.takeovers.clone()))?;
+        registry.register(Box::new(m.fanout_held.clone()))?;
+        // Exported from the start (at 0), so a dashboard sees the family before the first wait.
+        for outcome in ["waited", "gave_up"] {
+            m.fanout_held.with_label_values(&[outcome]);
+        }
         Ok(m)
     }
 

@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, watch, Notify};
 use super::clock::PeerClocks;
 use super::metrics::MqttMetrics;
 use super::trie::Trie;
-use crate::state::session::{Message, Owner, Session, Sub, SESSIONS};
+use crate::state::session::{Message, Owner, Session, Sub, OUTBOX, SESSIONS};
 use crate::state::Hooks;
 
 /// Where one session's messages go, as the route view knows it.
@@ -112,6 +112,9 @@ pub struct Router {
     index: RwLock<Index>,
     local: Mutex<HashMap<String, Arc<LocalConn>>>,
     outbox: Vec<Notify>,
+    /// Per group: messages in its outbox (applied here, not yet fanned out), and a signal when it
+    /// shrinks (publishers held back by `mqtt.max_fanout_backlog` wait for it).
+    backlog: Vec<(AtomicU64, Notify)>,
     rr: AtomicUsize,
     /// Wake-ups held until the applied writes are readable (`Hooks::committed`).
     pending: Mutex<HashMap<GroupId, Pending>>,
@@ -149,6 +152,7 @@ impl Router {
             local: Mutex::new(HashMap::new()),
             // one per possible group (partitions are at most 1024, fixed when the cluster is created)
             outbox: (0..=1024).map(|_| Notify::new()).collect(),
+            backlog: (0..=1024).map(|_| (AtomicU64::new(0), Notify::new())).collect(),
             rr: AtomicUsize::new(0),
             pending: Mutex::new(HashMap::new()),
             remote: Mutex::new(HashMap::new()),
@@ -177,6 +181,28 @@ impl Router {
     /// Notified when `g`'s outbox grew.
     pub fn outbox_signal(&self, g: GroupId) -> Option<&Notify> {
         self.outbox.get(g as usize)
+    }
+
+    /// Messages in `g`'s outbox waiting for fan-out, as applied on this node.
+    pub fn fanout_backlog(&self, g: GroupId) -> u64 {
+        self.backlog.get(g as usize).map_or(0, |(n, _)| n.load(Ordering::Acquire))
+    }
+
+    /// Waits until `g`'s fan-out backlog is below `limit`, at most `patience`; whether it is.
+    pub async fn wait_fanout_room(&self, g: GroupId, limit: u64, patience: std::time::Duration) -> bool {
+        let Some((n, shrank)) = self.backlog.get(g as usize) else { return true };
+        let deadline = tokio::time::Instant::now() + patience;
+        loop {
+            let notified = shrank.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if n.load(Ordering::Acquire) < limit {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return n.load(Ordering::Acquire) < limit;
+            }
+        }
     }
 
     /// Registers a local connection; an older local connection of the same client is kicked.
@@ -426,7 +452,17 @@ impl Hooks for Router {
 
     fn outbox_appended(&self, group: GroupId, msg: &Message) {
         self.clocks.observe(msg.node, msg.at_ms);
+        if let Some((n, _)) = self.backlog.get(group as usize) {
+            n.fetch_add(1, Ordering::AcqRel);
+        }
         self.pending.lock().entry(group).or_default().outbox = true;
+    }
+
+    fn outbox_done(&self, group: GroupId, count: u64) {
+        if let Some((n, shrank)) = self.backlog.get(group as usize) {
+            let _ = n.fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| Some(v.saturating_sub(count)));
+            shrank.notify_waiters();
+        }
     }
 
     fn committed(&self, group: GroupId) {
@@ -464,6 +500,11 @@ impl Hooks for Router {
             .collect();
         for c in stale {
             self.remove_route(&c);
+        }
+        if let Some((n, shrank)) = self.backlog.get(group as usize) {
+            let rows = state.scan(OUTBOX.0, OUTBOX.1, usize::MAX)?.len();
+            n.store(rows as u64, Ordering::Release);
+            shrank.notify_waiters();
         }
         for (key, value) in state.scan(SESSIONS.0, SESSIONS.1, usize::MAX)? {
             let client = String::from_utf8_lossy(&key[SESSIONS.0.len()..]).into_owned();
@@ -559,6 +600,28 @@ mod tests {
         assert_eq!(counts.get("m1"), Some(&5));
         assert_eq!(counts.get("m2"), Some(&5));
         assert_eq!(counts.get("m3"), None, "offline member skipped while others are connected");
+    }
+
+    /// The fan-out backlog of a partition as the hooks report it, and publishers waiting on it.
+    #[tokio::test]
+    async fn publishers_wait_for_fanout_room_until_the_backlog_shrinks() {
+        let r = Arc::new(Router::new(1, MqttMetrics::unregistered()));
+        for _ in 0..3 {
+            r.outbox_appended(5, &msg("t", 1));
+        }
+        assert_eq!((r.fanout_backlog(5), r.fanout_backlog(6)), (3, 0));
+        let short = std::time::Duration::from_millis(30);
+        assert!(!r.wait_fanout_room(5, 3, short).await, "full: the wait times out");
+        assert!(r.wait_fanout_room(5, 4, short).await, "below the limit: no wait");
+        let r2 = r.clone();
+        let waiter =
+            tokio::spawn(async move { r2.wait_fanout_room(5, 3, std::time::Duration::from_secs(5)).await });
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        assert!(!waiter.is_finished(), "still full");
+        r.outbox_done(5, 2);
+        assert!(waiter.await.expect("waiter"), "room after the fan-out");
+        r.outbox_done(5, 9);
+        assert_eq!(r.fanout_backlog(5), 0, "never below zero");
     }
 
     #[test]

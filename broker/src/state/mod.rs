@@ -33,6 +33,8 @@ pub trait Hooks: Send + Sync + 'static {
     fn queue_appended(&self, _group: GroupId, _client: &str) {}
     /// A message was appended to `group`'s outbox (readable once `committed` is called).
     fn outbox_appended(&self, _group: GroupId, _msg: &session::Message) {}
+    /// Fan-out finished `count` messages of `group`'s outbox (they were removed).
+    fn outbox_done(&self, _group: GroupId, _count: u64) {}
     /// A command that may change routes (connect, subscribe, unsubscribe, session end) was
     /// applied at `index` of `group` (see `Router::route_index`).
     fn routes_changed(&self, _group: GroupId, _index: u64) {}

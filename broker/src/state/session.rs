@@ -423,6 +423,9 @@ pub fn outbox_id(key: &[u8]) -> MsgId {
     (u64::from_be_bytes(idx), u32::from_be_bytes(slot))
 }
 
+/// The key range of the outbox (`o/<index><slot>`).
+pub const OUTBOX: (&[u8], &[u8]) = (b"o/", b"o0");
+
 /// Key of the last fanned-out message id.
 pub const OUTBOX_DONE: &[u8] = b"od";
 
@@ -713,11 +716,13 @@ pub fn apply(
                 // iterating over their tombstones cost more than the rest of the round.
                 let from = done.map_or(outbox_key((0, 0)), |(i, s)| outbox_key((i, s + 1)));
                 let rows = txn.scan(&from, &outbox_key(upto), usize::MAX)?;
+                let removed = rows.len() as u64 + u64::from(txn.get(&outbox_key(upto))?.is_some());
                 for (k, _) in rows {
                     txn.delete(&k);
                 }
                 txn.delete(&outbox_key(upto));
                 txn.put(OUTBOX_DONE, &codec::encode(&upto)?);
+                hooks.outbox_done(txn.group(), removed);
             }
             applied
         }
@@ -741,6 +746,8 @@ mod tests {
         ended: Mutex<Vec<String>>,
         woken: Mutex<Vec<String>>,
         dropped: Mutex<u64>,
+        /// Outbox messages appended and fanned out, as the hooks were told.
+        outbox: Mutex<(u64, u64)>,
     }
 
     impl Hooks for Recorder {
@@ -755,6 +762,12 @@ mod tests {
         }
         fn queue_dropped(&self, n: u64) {
             *self.dropped.lock() += n;
+        }
+        fn outbox_appended(&self, _g: GroupId, _msg: &Message) {
+            self.outbox.lock().0 += 1;
+        }
+        fn outbox_done(&self, _g: GroupId, n: u64) {
+            self.outbox.lock().1 += n;
         }
     }
 
@@ -1197,6 +1210,10 @@ mod tests {
         assert_eq!(f.outbox().len(), 1);
         f.apply(SessionCommand::OutboxDone { upto: ids[0] }); // an older cursor changes nothing
         assert_eq!(f.outbox().len(), 1);
+        // The hooks count what the back-pressure counts: 3 appended, 2 fanned out.
+        assert_eq!(*f.hooks.outbox.lock(), (3, 2));
+        f.apply(SessionCommand::OutboxDone { upto: ids[2] });
+        assert_eq!((f.outbox().len(), *f.hooks.outbox.lock()), (0, (3, 3)));
     }
 
     #[test]

@@ -178,6 +178,35 @@ async fn write_synced_returns_after_the_flush() {
 }
 
 #[tokio::test]
+async fn fire_and_forget_writes_alone_are_not_synced_until_a_waiter_or_the_stop() {
+    let (engine, events) = Recording::new(None);
+    let flusher = Flusher::start(engine.clone()).unwrap();
+    let put = |k: &[u8]| {
+        let mut b = WriteBatch::new();
+        b.put(k.to_vec(), b"v".to_vec());
+        b
+    };
+    flusher.write_unsynced(put(b"committed")).await.unwrap();
+    while engine.get(b"committed").unwrap().is_none() {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    flusher.write_synced(put(b"vote")).await.unwrap();
+    flusher.write_unsynced(put(b"last")).await.unwrap();
+    flusher.shutdown().await.unwrap();
+    assert_eq!(
+        events.lock().clone(),
+        vec![
+            Event::Write { sync: false, keys: vec![b"committed".to_vec()] },
+            Event::Write { sync: false, keys: vec![b"vote".to_vec()] },
+            Event::Flush { sync: true },
+            Event::Write { sync: false, keys: vec![b"last".to_vec()] },
+            Event::Flush { sync: true },
+        ],
+        "no fsync for the lone fire-and-forget write; the waiter's round and the stop sync"
+    );
+}
+
+#[tokio::test]
 async fn a_failed_write_fails_its_round_and_every_later_job() {
     let (engine, events) = Recording::new(Some(2));
     let flusher = Flusher::start(engine.clone()).unwrap();
