@@ -94,6 +94,26 @@ pub type RemoteBatch = Vec<RemoteItem>;
 /// Members of one shared group matching a topic.
 type ShareMembers<'a> = Vec<(&'a str, &'a ClientRoute, &'a Sub)>;
 
+/// One partition's fan-out backlog as this node applied it.
+struct Backlog {
+    /// Outbox messages applied and not yet fanned out.
+    len: AtomicU64,
+    /// Notified when it shrinks.
+    shrank: Notify,
+    /// When it last shrank, was loaded, or grew from empty.
+    progress: Mutex<std::time::Instant>,
+}
+
+impl Default for Backlog {
+    fn default() -> Self {
+        Self {
+            len: AtomicU64::new(0),
+            shrank: Notify::new(),
+            progress: Mutex::new(std::time::Instant::now()),
+        }
+    }
+}
+
 #[derive(Default)]
 struct Pending {
     clients: Vec<String>,
@@ -114,7 +134,7 @@ pub struct Router {
     outbox: Vec<Notify>,
     /// Per group: messages in its outbox (applied here, not yet fanned out), and a signal when it
     /// shrinks (publishers held back by `mqtt.max_fanout_backlog` wait for it).
-    backlog: Vec<(AtomicU64, Notify)>,
+    backlog: Vec<Backlog>,
     rr: AtomicUsize,
     /// Wake-ups held until the applied writes are readable (`Hooks::committed`).
     pending: Mutex<HashMap<GroupId, Pending>>,
@@ -152,7 +172,7 @@ impl Router {
             local: Mutex::new(HashMap::new()),
             // one per possible group (partitions are at most 1024, fixed when the cluster is created)
             outbox: (0..=1024).map(|_| Notify::new()).collect(),
-            backlog: (0..=1024).map(|_| (AtomicU64::new(0), Notify::new())).collect(),
+            backlog: (0..=1024).map(|_| Backlog::default()).collect(),
             rr: AtomicUsize::new(0),
             pending: Mutex::new(HashMap::new()),
             remote: Mutex::new(HashMap::new()),
@@ -185,22 +205,27 @@ impl Router {
 
     /// Messages in `g`'s outbox waiting for fan-out, as applied on this node.
     pub fn fanout_backlog(&self, g: GroupId) -> u64 {
-        self.backlog.get(g as usize).map_or(0, |(n, _)| n.load(Ordering::Acquire))
+        self.backlog.get(g as usize).map_or(0, |b| b.len.load(Ordering::Acquire))
     }
 
-    /// Waits until `g`'s fan-out backlog is below `limit`, at most `patience`; whether it is.
+    /// Waits until `g`'s fan-out backlog is below `limit`, at most `patience`; whether it is. A
+    /// fan-out that made no progress for `patience` is stuck (no leader for a subscriber's
+    /// partition, say): then nobody waits, so publishers are not held 10 s per message.
     pub async fn wait_fanout_room(&self, g: GroupId, limit: u64, patience: std::time::Duration) -> bool {
-        let Some((n, shrank)) = self.backlog.get(g as usize) else { return true };
+        let Some(b) = self.backlog.get(g as usize) else { return true };
         let deadline = tokio::time::Instant::now() + patience;
         loop {
-            let notified = shrank.notified();
+            let notified = b.shrank.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if n.load(Ordering::Acquire) < limit {
+            if b.len.load(Ordering::Acquire) < limit {
                 return true;
             }
+            if b.progress.lock().elapsed() > patience {
+                return false;
+            }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return n.load(Ordering::Acquire) < limit;
+                return b.len.load(Ordering::Acquire) < limit;
             }
         }
     }
@@ -452,16 +477,21 @@ impl Hooks for Router {
 
     fn outbox_appended(&self, group: GroupId, msg: &Message) {
         self.clocks.observe(msg.node, msg.at_ms);
-        if let Some((n, _)) = self.backlog.get(group as usize) {
-            n.fetch_add(1, Ordering::AcqRel);
+        if let Some(b) = self.backlog.get(group as usize) {
+            if b.len.fetch_add(1, Ordering::AcqRel) == 0 {
+                // An idle fan-out is not a stuck one: its clock starts with the first message.
+                *b.progress.lock() = std::time::Instant::now();
+            }
         }
         self.pending.lock().entry(group).or_default().outbox = true;
     }
 
     fn outbox_done(&self, group: GroupId, count: u64) {
-        if let Some((n, shrank)) = self.backlog.get(group as usize) {
-            let _ = n.fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| Some(v.saturating_sub(count)));
-            shrank.notify_waiters();
+        if let Some(b) = self.backlog.get(group as usize) {
+            let _ =
+                b.len.fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| Some(v.saturating_sub(count)));
+            *b.progress.lock() = std::time::Instant::now();
+            b.shrank.notify_waiters();
         }
     }
 
@@ -501,10 +531,11 @@ impl Hooks for Router {
         for c in stale {
             self.remove_route(&c);
         }
-        if let Some((n, shrank)) = self.backlog.get(group as usize) {
+        if let Some(b) = self.backlog.get(group as usize) {
             let rows = state.scan(OUTBOX.0, OUTBOX.1, usize::MAX)?.len();
-            n.store(rows as u64, Ordering::Release);
-            shrank.notify_waiters();
+            b.len.store(rows as u64, Ordering::Release);
+            *b.progress.lock() = std::time::Instant::now();
+            b.shrank.notify_waiters();
         }
         for (key, value) in state.scan(SESSIONS.0, SESSIONS.1, usize::MAX)? {
             let client = String::from_utf8_lossy(&key[SESSIONS.0.len()..]).into_owned();
@@ -622,6 +653,16 @@ mod tests {
         assert!(waiter.await.expect("waiter"), "room after the fan-out");
         r.outbox_done(5, 9);
         assert_eq!(r.fanout_backlog(5), 0, "never below zero");
+        // A fan-out that has not moved for longer than the patience is stuck: nobody waits.
+        tokio::time::sleep(std::time::Duration::from_millis(40)).await;
+        r.outbox_appended(7, &msg("t", 1));
+        let t0 = std::time::Instant::now();
+        assert!(!r.wait_fanout_room(7, 1, short).await);
+        assert!(t0.elapsed() >= short, "a fresh backlog is waited for, though the fan-out was idle long");
+        tokio::time::sleep(std::time::Duration::from_millis(40)).await;
+        let t0 = std::time::Instant::now();
+        assert!(!r.wait_fanout_room(7, 1, short).await);
+        assert!(t0.elapsed() < short, "returned at once");
     }
 
     #[test]
