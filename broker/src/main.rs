@@ -7,6 +7,12 @@ use ironhub_broker::config::Config;
 use ironhub_broker::{ctl, server};
 use ironhub_raft::NodeError;
 
+/// mimalloc instead of glibc's allocator: the message path allocates and frees small buffers on
+/// every tokio worker, and glibc's arenas spent about a fifth of the broker's CPU on it (perf,
+/// QoS 1 unthrottled); see docs/benchmarks.md.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn init_logging(cfg: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("IRONHUB_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cfg.log.level));

@@ -210,6 +210,12 @@ impl Client {
 
 /// Opens the byte stream, sends CONNECT and waits for an accepting CONNACK (the caller bounds
 /// the wait), with a new session.
+///
+/// With `clean: false` the broker may still hold a session of this client id from an earlier
+/// process, including QoS 2 packet ids it awaits a PUBREL for: a new session knows nothing of
+/// them and may reuse one, and the broker then takes that new message for a resend and drops it.
+/// Persistent QoS 2 publishers keep their [`Session`] ([`Events::into_session`]) and reconnect
+/// with [`connect_with`], or start with a clean session.
 pub async fn connect(ep: &Endpoint, cfg: &ClientConfig) -> Result<(Client, Events), ClientError> {
     connect_with(ep, cfg, Session::new(cfg.inflight)).await
 }
@@ -349,7 +355,12 @@ impl Events {
             Req::Publish { topic, qos, payload } => match self.session.publish(qos) {
                 Some(pkid) => {
                     let start = self.wbuf.len();
-                    self.encode(Request::Publish { pkid, topic: &topic, qos, payload })?;
+                    if let Err(e) = self.encode(Request::Publish { pkid, topic: &topic, qos, payload }) {
+                        // Not sent (too large, say): the window slot and packet id are free again.
+                        self.wbuf.truncate(start);
+                        self.session.abandon(pkid);
+                        return Err(e);
+                    }
                     if qos == Qos::Q0 {
                         self.pending.push_back(Event::SentQos0);
                     } else {

@@ -228,6 +228,14 @@ impl Session {
         }
     }
 
+    /// Gives back the packet id of a publish that could not be sent (it failed to encode).
+    pub fn abandon(&mut self, pkid: u16) {
+        if let Some(Outgoing { stage: Stage::PubAck(_) | Stage::PubRec(_), .. }) = self.outgoing.get(&pkid) {
+            self.outgoing.remove(&pkid);
+            self.inflight -= 1;
+        }
+    }
+
     /// Keeps the encoded PUBLISH of `pkid` (from [`Session::publish`]) until it is acknowledged.
     pub fn keep(&mut self, pkid: u16, packet: Bytes) {
         if let Some(Outgoing { stage: Stage::PubAck(p) | Stage::PubRec(p), .. }) =
@@ -367,6 +375,17 @@ mod tests {
         assert_eq!(s.inflight(), 1);
         assert_eq!(s.publish(Qos::Q1), Some(3));
         assert_eq!(s.on_packet(In::PubAck(1)), Err(ProtocolError::Unsolicited { packet: "PUBACK", pkid: 1 }));
+    }
+
+    #[test]
+    fn an_abandoned_publish_frees_its_slot_and_is_not_resent() {
+        let mut s = Session::new(1);
+        let pkid = s.publish(Qos::Q1).unwrap();
+        s.abandon(pkid);
+        assert_eq!(s.inflight(), 0);
+        assert!(s.resend().is_empty(), "nothing was sent, so nothing is resent");
+        assert!(s.publish(Qos::Q1).is_some(), "the window has room again");
+        assert_eq!(s.on_packet(In::PubAck(pkid)), Err(ProtocolError::Unsolicited { packet: "PUBACK", pkid }));
     }
 
     #[test]

@@ -41,7 +41,7 @@ const ACK_BATCH: u64 = 32;
 const COALESCE_BYTES: usize = 64 * 1024;
 
 /// How long a QoS >= 1 PUBLISH waits for room in its partition's fan-out backlog.
-const FANOUT_PATIENCE: Duration = Duration::from_secs(10);
+const FANOUT_PATIENCE: Duration = Duration::from_secs(3);
 
 /// First packet id of retained-message deliveries (not from the queue).
 const TRANSIENT_PKID: u16 = 32768;
@@ -950,7 +950,9 @@ impl<W: AsyncWrite + Unpin> Conn<W> {
             let turn = lane.wait(ticket).await;
             // Back-pressure: while the partition's fan-out is far behind, the PUBACK/PUBREC waits
             // (so does this client's receive maximum) instead of the backlog growing until the
-            // subscribers' queues overflow. After the patience it is stored anyway.
+            // subscribers' queues overflow. After the patience it is stored anyway. Waited in turn:
+            // publishes waiting before their turn all woke at once on each shrink (measured: a
+            // fifth less throughput).
             let limit = b.cfg.max_fanout_backlog;
             if b.router.fanout_backlog(g) >= limit {
                 let room = b.router.wait_fanout_room(g, limit, FANOUT_PATIENCE).await;
@@ -1304,6 +1306,9 @@ impl<W: AsyncWrite + Unpin> Conn<W> {
             return None;
         }
         self.ack_in_flight = true;
+        // A wake-up left from the previous update (it fired while that one was proposing or had
+        // already slept out its interval) is spent: this update already carries those acks.
+        let _ = self.ack_urgent.notified().now_or_never();
         self.acked_head = self.head;
         self.acked_sent = self.sent_upto;
         let rel = std::mem::take(&mut self.rel_pending);
@@ -1357,8 +1362,12 @@ impl<W: AsyncWrite + Unpin> Conn<W> {
                     server_reference: None,
                 });
                 self.send(v5::Packet::Disconnect(v5::Disconnect { reason_code: reason, properties }));
-                let _ = tokio::time::timeout(Duration::from_secs(1), self.flush()).await;
             }
+        }
+        // Replies gathered before the end (a PUBACK of a stored message ready in the same poll as
+        // the failure that ends the connection) still go out, or the client would resend them.
+        if !self.out.is_empty() {
+            let _ = tokio::time::timeout(Duration::from_secs(1), self.flush()).await;
         }
         let _ = tokio::time::timeout(Duration::from_secs(1), self.writer.shutdown()).await;
         if taken_over || self.owner.epoch == 0 {

@@ -24,6 +24,8 @@ use crate::state::{Command, Response};
 
 /// Messages fanned out per round.
 const ROUND: usize = 128;
+/// How long a fan-out round waits for room in its receivers' queues.
+const QUEUE_PATIENCE: Duration = Duration::from_secs(1);
 /// How often the timers and the audit run.
 const TICK: Duration = Duration::from_secs(1);
 /// Audit rounds a node may miss before its sessions are considered lost.
@@ -182,6 +184,19 @@ async fn outbox_loop(b: Arc<Broker>, g: GroupId, cancel: CancellationToken) {
             }
         }
         let limit = b.cfg.max_queue;
+        // Subscriber-side back-pressure: a connected receiver's queue that would overflow waits
+        // for its acks (the outbox backlog grows meanwhile, and holds the publishers back).
+        let mut wants: HashMap<&str, u64> = HashMap::new();
+        for t in per_partition.values().flatten().flat_map(|i| &i.targets) {
+            *wants.entry(t.client.as_str()).or_default() += 1;
+        }
+        let started = Instant::now();
+        let room = b.router.wait_queue_room(&wants, u64::from(limit), QUEUE_PATIENCE).await;
+        if started.elapsed() > Duration::from_millis(1) || !room {
+            let outcome = if room { "round_waited" } else { "round_slow" };
+            b.router.metrics.fanout_held.with_label_values(&[outcome]).inc();
+        }
+        drop(wants);
         let enqueues = per_partition.into_iter().map(|(p, items)| {
             let cmd = Command::Session(SessionCommand::Enqueue { source: g, items, limit });
             let (b, cancel) = (b.clone(), cancel.clone());

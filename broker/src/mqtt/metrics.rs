@@ -35,8 +35,10 @@ pub struct MqttMetrics {
     pub deliver_latency: HistogramVec,
     /// Sessions taken over by a newer connection.
     pub takeovers: IntCounter,
-    /// QoS >= 1 PUBLISHes held back by a full fan-out backlog, by outcome: `waited` (room came),
-    /// `gave_up` (stored after `FANOUT_PATIENCE` anyway).
+    /// Back-pressure waits, by outcome: QoS >= 1 PUBLISHes held back by a full fan-out backlog,
+    /// `waited` (room came) or `gave_up` (stored after `FANOUT_PATIENCE` anyway); fan-out rounds
+    /// held back by a draining receiver's full queue, `round_waited` (room came) or `round_slow`
+    /// (queued anyway after the patience; that receiver is not waited for a while).
     pub fanout_held: IntCounterVec,
 }
 
@@ -109,7 +111,7 @@ impl MqttMetrics {
             fanout_held: IntCounterVec::new(
                 Opts::new(
                     "ironhub_fanout_backpressure_total",
-                    "QoS >= 1 PUBLISHes held back while their partition's fan-out backlog was full",
+                    "Back-pressure waits: PUBLISHes held while their partition's fan-out backlog was full, fan-out rounds held while receivers' queues were full",
                 ),
                 &["outcome"],
             )?,
@@ -130,7 +132,7 @@ impl MqttMetrics {
         registry.register(Box::new(m.takeovers.clone()))?;
         registry.register(Box::new(m.fanout_held.clone()))?;
         // Exported from the start (at 0), so a dashboard sees the family before the first wait.
-        for outcome in ["waited", "gave_up"] {
+        for outcome in ["waited", "gave_up", "round_waited", "round_slow"] {
             m.fanout_held.with_label_values(&[outcome]);
         }
         Ok(m)

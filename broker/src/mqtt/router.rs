@@ -95,6 +95,15 @@ pub type RemoteBatch = Vec<RemoteItem>;
 type ShareMembers<'a> = Vec<(&'a str, &'a ClientRoute, &'a Sub)>;
 
 /// One partition's fan-out backlog as this node applied it.
+/// A session's queue as the fan-out's back-pressure sees it.
+struct QueueFill {
+    depth: u64,
+    /// When its receiver last acknowledged something (a queue that drains is waited for).
+    acked_at: std::time::Instant,
+    /// A receiver that let a fan-out round wait out its patience is not waited for until then.
+    slow_until: Option<std::time::Instant>,
+}
+
 struct Backlog {
     /// Outbox messages applied and not yet fanned out.
     len: AtomicU64,
@@ -136,6 +145,10 @@ pub struct Router {
     /// shrinks (publishers held back by `mqtt.max_fanout_backlog` wait for it).
     backlog: Vec<Backlog>,
     rr: AtomicUsize,
+    /// Queue depth of every session with queue traffic, as applied here, and a signal when a
+    /// queue was drained (the fan-out waits for room in draining queues: [`Router::wait_queue_room`]).
+    fills: Mutex<HashMap<String, QueueFill>>,
+    drained: Notify,
     /// Wake-ups held until the applied writes are readable (`Hooks::committed`).
     pending: Mutex<HashMap<GroupId, Pending>>,
     remote: Mutex<HashMap<NodeId, mpsc::Sender<RemoteItem>>>,
@@ -174,6 +187,8 @@ impl Router {
             outbox: (0..=1024).map(|_| Notify::new()).collect(),
             backlog: (0..=1024).map(|_| Backlog::default()).collect(),
             rr: AtomicUsize::new(0),
+            fills: Mutex::new(HashMap::new()),
+            drained: Notify::new(),
             pending: Mutex::new(HashMap::new()),
             remote: Mutex::new(HashMap::new()),
             node: OnceLock::new(),
@@ -210,7 +225,7 @@ impl Router {
 
     /// Waits until `g`'s fan-out backlog is below `limit`, at most `patience`; whether it is. A
     /// fan-out that made no progress for `patience` is stuck (no leader for a subscriber's
-    /// partition, say): then nobody waits, so publishers are not held 10 s per message.
+    /// partition, say): then nobody waits, so publishers are not held for the whole patience.
     pub async fn wait_fanout_room(&self, g: GroupId, limit: u64, patience: std::time::Duration) -> bool {
         let Some(b) = self.backlog.get(g as usize) else { return true };
         let deadline = tokio::time::Instant::now() + patience;
@@ -227,6 +242,53 @@ impl Router {
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
                 return b.len.load(Ordering::Acquire) < limit;
             }
+        }
+    }
+
+    /// Subscriber-side back-pressure of the fan-out: waits until each queue in `wants` (client →
+    /// messages about to be queued) has room for them under `limit`, at most `patience`; whether
+    /// all have. Only queues that drain are waited for — whose receiver acknowledged within the
+    /// patience — so an offline session's queue overflows as configured (oldest dropped, counted)
+    /// instead of holding everyone back, and a receiver that let a round wait out the whole
+    /// patience is not waited for during the next ten.
+    pub async fn wait_queue_room(
+        &self,
+        wants: &HashMap<&str, u64>,
+        limit: u64,
+        patience: std::time::Duration,
+    ) -> bool {
+        let deadline = std::time::Instant::now() + patience;
+        loop {
+            let notified = self.drained.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let now = std::time::Instant::now();
+                let mut fills = self.fills.lock();
+                let full: Vec<&str> = wants
+                    .iter()
+                    .filter(|(c, n)| {
+                        fills.get(**c).is_some_and(|f| {
+                            f.depth + (**n).min(limit) > limit
+                                && f.acked_at.elapsed() < patience
+                                && f.slow_until.is_none_or(|t| t <= now)
+                        })
+                    })
+                    .map(|(c, _)| *c)
+                    .collect();
+                if full.is_empty() {
+                    return true;
+                }
+                if now >= deadline {
+                    for c in full {
+                        if let Some(f) = fills.get_mut(c) {
+                            f.slow_until = Some(now + patience * 10);
+                        }
+                    }
+                    return false;
+                }
+            }
+            let _ = tokio::time::timeout_at(deadline.into(), notified).await;
         }
     }
 
@@ -463,6 +525,23 @@ impl Hooks for Router {
 
     fn session_ended(&self, _group: GroupId, client: &str) {
         self.remove_route(client);
+        self.fills.lock().remove(client);
+    }
+
+    fn queue_depth(&self, _group: GroupId, client: &str, depth: u64, acked: bool) {
+        let now = std::time::Instant::now();
+        let mut fills = self.fills.lock();
+        let f = fills.entry(client.to_string()).or_insert(QueueFill {
+            depth,
+            acked_at: now - std::time::Duration::from_secs(3600),
+            slow_until: None,
+        });
+        f.depth = depth;
+        if acked {
+            f.acked_at = now;
+            drop(fills);
+            self.drained.notify_waiters();
+        }
     }
 
     fn queue_appended(&self, group: GroupId, client: &str) {
@@ -532,8 +611,16 @@ impl Hooks for Router {
             self.remove_route(&c);
         }
         if let Some(b) = self.backlog.get(group as usize) {
-            let rows = state.scan(OUTBOX.0, OUTBOX.1, usize::MAX)?.len();
-            b.len.store(rows as u64, Ordering::Release);
+            // Counted in pages: a large backlog (a long-unreachable subscriber partition) is never
+            // read into memory at once.
+            let (mut rows, mut from) = (0u64, OUTBOX.0.to_vec());
+            loop {
+                let page = state.scan(&from, OUTBOX.1, 1024)?;
+                let Some((last, _)) = page.last() else { break };
+                rows += page.len() as u64;
+                from = [last.as_slice(), &[0]].concat();
+            }
+            b.len.store(rows, Ordering::Release);
             *b.progress.lock() = std::time::Instant::now();
             b.shrank.notify_waiters();
         }
@@ -663,6 +750,54 @@ mod tests {
         let t0 = std::time::Instant::now();
         assert!(!r.wait_fanout_room(7, 1, short).await);
         assert!(t0.elapsed() < short, "returned at once");
+    }
+
+    /// The fan-out's subscriber-side back-pressure: draining queues are waited for, others not.
+    #[tokio::test]
+    async fn fanout_waits_for_room_in_draining_queues_only() {
+        let r = Arc::new(Router::new(1, MqttMetrics::unregistered()));
+        let short = std::time::Duration::from_millis(30);
+        let wants = |c: &'static str, n: u64| HashMap::from([(c, n)]);
+        // Unknown queue, and a full queue whose receiver never acknowledged (offline): no wait.
+        assert!(r.wait_queue_room(&wants("new", 5), 10, short).await);
+        r.queue_depth(1, "offline", 10, false);
+        let t0 = std::time::Instant::now();
+        assert!(r.wait_queue_room(&wants("offline", 5), 10, short).await);
+        assert!(t0.elapsed() < short, "an offline queue overflows as configured");
+        // A draining queue with room: no wait; without room: waits until its receiver acks.
+        r.queue_depth(1, "busy", 5, true);
+        assert!(r.wait_queue_room(&wants("busy", 5), 10, short).await);
+        r.queue_depth(1, "busy", 8, false);
+        let (r2, long) = (r.clone(), std::time::Duration::from_secs(5));
+        let waiter = tokio::spawn(async move { r2.wait_queue_room(&wants("busy", 5), 10, long).await });
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        assert!(!waiter.is_finished(), "8 + 5 > 10: waits");
+        r.queue_depth(1, "busy", 6, true);
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        assert!(!waiter.is_finished(), "6 + 5 > 10: still waits");
+        r.queue_depth(1, "busy", 2, true);
+        assert!(waiter.await.expect("waiter"), "room after the acks");
+        // More than the limit at once waits only for an empty queue.
+        r.queue_depth(1, "busy", 0, true);
+        assert!(r.wait_queue_room(&wants("busy", 50), 10, short).await);
+        // A receiver that lets a round wait out its patience is not waited for a while.
+        r.queue_depth(1, "slow", 10, true);
+        let r2 = r.clone();
+        let acking = tokio::spawn(async move {
+            for _ in 0..10 {
+                r2.queue_depth(1, "slow", 10, true); // acks, yet the queue stays full
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+        });
+        assert!(!r.wait_queue_room(&wants("slow", 1), 10, short).await, "waited out");
+        acking.await.expect("acking");
+        r.queue_depth(1, "slow", 10, true);
+        let t0 = std::time::Instant::now();
+        assert!(r.wait_queue_room(&wants("slow", 1), 10, short).await);
+        assert!(t0.elapsed() < short, "a slow receiver is skipped");
+        // A session that ended is forgotten.
+        r.session_ended(1, "busy");
+        assert!(r.fills.lock().get("busy").is_none());
     }
 
     #[test]

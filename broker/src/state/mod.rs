@@ -31,6 +31,9 @@ pub trait Hooks: Send + Sync + 'static {
     fn session_ended(&self, _group: GroupId, _client: &str) {}
     /// Messages were appended to `client`'s queue (readable once `committed` is called).
     fn queue_appended(&self, _group: GroupId, _client: &str) {}
+    /// `client`'s queue holds `depth` messages after an enqueue or, with `acked`, after its
+    /// receiver's acknowledgement cursor moved.
+    fn queue_depth(&self, _group: GroupId, _client: &str, _depth: u64, _acked: bool) {}
     /// A message was appended to `group`'s outbox (readable once `committed` is called).
     fn outbox_appended(&self, _group: GroupId, _msg: &session::Message) {}
     /// Fan-out finished `count` messages of `group`'s outbox (they were removed).

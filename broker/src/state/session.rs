@@ -620,6 +620,7 @@ pub fn apply(
             s.rel.extend(rel.into_iter().filter(|r| *r >= s.head && *r < s.next_seq));
             s.rel = s.rel.split_off(&s.head);
             save(txn, &client, s)?;
+            hooks.queue_depth(txn.group(), &client, s.next_seq - s.head, true);
             applied
         }
         SessionCommand::Disconnect { client, owner, fire_will, expiry_s, at_ms } => {
@@ -702,6 +703,7 @@ pub fn apply(
             for (client, s) in &sessions {
                 save(txn, client, s)?;
                 hooks.queue_appended(txn.group(), client);
+                hooks.queue_depth(txn.group(), client, s.next_seq - s.head, false);
             }
             if dropped > 0 {
                 hooks.queue_dropped(dropped);
