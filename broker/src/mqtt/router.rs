@@ -99,7 +99,7 @@ type ShareMembers<'a> = Vec<(&'a str, &'a ClientRoute, &'a Sub)>;
 struct QueueFill {
     depth: u64,
     /// When its receiver last acknowledged something (a queue that drains is waited for).
-    acked_at: std::time::Instant,
+    acked_at: Option<std::time::Instant>,
     /// A receiver that let a fan-out round wait out its patience is not waited for until then.
     slow_until: Option<std::time::Instant>,
 }
@@ -270,7 +270,7 @@ impl Router {
                     .filter(|(c, n)| {
                         fills.get(**c).is_some_and(|f| {
                             f.depth + (**n).min(limit) > limit
-                                && f.acked_at.elapsed() < patience
+                                && f.acked_at.is_some_and(|t| t.elapsed() < patience)
                                 && f.slow_until.is_none_or(|t| t <= now)
                         })
                     })
@@ -531,14 +531,13 @@ impl Hooks for Router {
     fn queue_depth(&self, _group: GroupId, client: &str, depth: u64, acked: bool) {
         let now = std::time::Instant::now();
         let mut fills = self.fills.lock();
-        let f = fills.entry(client.to_string()).or_insert(QueueFill {
-            depth,
-            acked_at: now - std::time::Duration::from_secs(3600),
-            slow_until: None,
-        });
+        if !fills.contains_key(client) {
+            fills.insert(client.to_string(), QueueFill { depth, acked_at: None, slow_until: None });
+        }
+        let Some(f) = fills.get_mut(client) else { return };
         f.depth = depth;
         if acked {
-            f.acked_at = now;
+            f.acked_at = Some(now);
             drop(fills);
             self.drained.notify_waiters();
         }
