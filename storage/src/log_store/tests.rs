@@ -178,6 +178,29 @@ async fn cache_is_bounded_and_reads_merge_engine_and_cache() {
 }
 
 #[tokio::test]
+async fn cache_is_bounded_in_bytes_and_counts_truncate_and_purge() {
+    let engine: Arc<dyn KvEngine> = Arc::new(MemEngine::new());
+    let (store, _flusher) = open(engine);
+    let mut store = store.with_cache_bytes(2_000);
+    let big = "x".repeat(300);
+    for i in 1..=20 {
+        append_flushed(&mut store, vec![normal(1, i, &format!("{big}{i}"))]).await;
+        assert!(store.cached_bytes() <= 2_000, "cache holds {} bytes", store.cached_bytes());
+    }
+    let cached = store.cached_entries();
+    assert!((4..20).contains(&cached), "{cached} entries of ~300 bytes in 2,000 bytes");
+    // Every entry is still readable (evicted ones from the engine).
+    let all = store.try_get_log_entries(0..100).await.unwrap();
+    assert_eq!(all.len(), 20);
+    // Truncate and purge give their bytes back.
+    store.truncate_after(Some(log_id(1, 18))).await.unwrap();
+    let after_truncate = store.cached_bytes();
+    assert!(after_truncate < 2_000 && store.cached_entries() == cached - 2);
+    store.purge(log_id(1, 18)).await.unwrap();
+    assert_eq!((store.cached_bytes(), store.cached_entries()), (0, 0));
+}
+
+#[tokio::test]
 async fn reopen_restores_vote_committed_purged_and_entries() {
     let dir = tempfile::tempdir().unwrap();
     {
