@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use ironhub_raft::{BatchConfig, NodeId, Timing};
+use ironhub_storage::log_store::CacheLimits;
 use serde::{Deserialize, Serialize};
 
 /// The whole configuration.
@@ -29,6 +30,8 @@ pub struct Config {
     pub raft: Timing,
     /// Proposal batching (`[batch]`).
     pub batch: BatchConfig,
+    /// How much of each raft group's written log stays in memory (`[log_cache]`).
+    pub log_cache: CacheLimits,
     /// MQTT limits and behaviour (`[mqtt]`).
     pub mqtt: Mqtt,
     /// Logging.
@@ -188,6 +191,7 @@ impl Default for Config {
             api: Api::default(),
             raft: Timing::default(),
             batch: BatchConfig::default(),
+            log_cache: CacheLimits::default(),
             mqtt: Mqtt::default(),
             log: Log::default(),
         }
@@ -451,6 +455,13 @@ mod tests {
     #[test]
     fn unknown_keys_are_refused() {
         assert!(toml::from_str::<Config>("nod_id = 3").is_err());
+        assert!(toml::from_str::<Config>("[log_cache]\nbyte = 1").is_err());
+    }
+
+    #[test]
+    fn log_cache_limits_parse_with_defaults_for_the_rest() {
+        let c: Config = toml::from_str("[log_cache]\nbytes = 1048576").expect("parse");
+        assert_eq!((c.log_cache.bytes, c.log_cache.entries), (1_048_576, CacheLimits::default().entries));
     }
 
     #[test]

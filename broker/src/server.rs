@@ -109,6 +109,7 @@ pub async fn serve(mut cfg: Config) -> anyhow::Result<()> {
         partitions: cfg.cluster.partitions,
         timing: cfg.raft.clone(),
         batch: cfg.batch.clone(),
+        log_cache: cfg.log_cache.clone(),
     };
     let mqtt_metrics = MqttMetrics::new(&registry).context("registering MQTT metrics")?;
     // The route view is kept by apply, so it exists before the node starts applying.

@@ -76,6 +76,7 @@ async fn main() {
             partitions,
             timing: Timing::default(),
             batch: Default::default(),
+            log_cache: Default::default(),
         };
         nodes.push(RaftNode::start(cfg, Arc::new(Sink), &reg).await.expect("node"));
         registries.push(reg);

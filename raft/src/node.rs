@@ -95,6 +95,8 @@ pub struct NodeConfig {
     pub timing: Timing,
     /// Proposal batching limits.
     pub batch: BatchConfig,
+    /// How much of each group's written log stays in memory.
+    pub log_cache: ironhub_storage::log_store::CacheLimits,
 }
 
 pub(crate) struct Group {
@@ -308,10 +310,12 @@ impl RaftNode {
         let mut groups = Vec::with_capacity(partitions as usize + 1);
         for g in 0..=partitions {
             let log = {
-                let (engine, flusher) = (engine.clone(), flusher.clone());
-                tokio::task::spawn_blocking(move || LogStore::open(engine, flusher, g))
-                    .await
-                    .map_err(|e| NodeError::Raft { group: g, reason: e.to_string() })??
+                let (engine, flusher, limits) = (engine.clone(), flusher.clone(), config.log_cache.clone());
+                tokio::task::spawn_blocking(move || {
+                    LogStore::open(engine, flusher, g).map(|s| s.with_cache_limits(&limits))
+                })
+                .await
+                .map_err(|e| NodeError::Raft { group: g, reason: e.to_string() })??
             };
             let sm_dir = config.data_dir.join("snapshots").join(format!("g{g}"));
             let sm = {

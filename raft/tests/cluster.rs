@@ -76,6 +76,7 @@ impl TestCluster {
             partitions: self.partitions,
             timing: self.timing.clone(),
             batch: BatchConfig::default(),
+            log_cache: Default::default(),
         };
         let node = RaftNode::start_on(
             cfg,

@@ -49,6 +49,23 @@ pub const DEFAULT_CACHE_ENTRIES: usize = 8192;
 /// (measured: a node's RSS passed 1 GiB after a minute of unthrottled QoS 1).
 pub const DEFAULT_CACHE_BYTES: usize = 4 * 1024 * 1024;
 
+/// How much of a group's written log stays in memory (the `[log_cache]` section of the
+/// configuration file); the rest is read from the engine.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CacheLimits {
+    /// Written entries kept per group (default 8192).
+    pub entries: usize,
+    /// Encoded bytes of written entries kept per group (default 4 MiB).
+    pub bytes: usize,
+}
+
+impl Default for CacheLimits {
+    fn default() -> Self {
+        Self { entries: DEFAULT_CACHE_ENTRIES, bytes: DEFAULT_CACHE_BYTES }
+    }
+}
+
 /// Most entries returned by one `limited_get_log_entries` (one replication message).
 pub const MAX_LIMITED_READ: u64 = 128;
 
@@ -244,6 +261,11 @@ where
     pub fn with_cache_bytes(self, bytes: usize) -> Self {
         self.shared.log.lock().capacity_bytes = bytes;
         self
+    }
+
+    /// Sets both cache limits.
+    pub fn with_cache_limits(self, limits: &CacheLimits) -> Self {
+        self.with_cache_capacity(limits.entries).with_cache_bytes(limits.bytes)
     }
 
     /// Encoded bytes currently in the cache.
