@@ -387,8 +387,12 @@ impl RaftNode {
         }
         let m = raft.metrics().borrow_watched().membership_config.clone();
         let present: BTreeSet<NodeId> = m.membership().nodes().map(|(id, _)| *id).collect();
+        let current: BTreeSet<NodeId> = m.membership().voter_ids().collect();
         for (id, addr) in &nodes {
-            if !present.contains(id) {
+            // Every node that is not a voter yet, also one already present as a learner: an
+            // earlier attempt may have added it and failed before it caught up (a leader change
+            // mid-step), and skipping it then finished a plan for a node that never started.
+            if !current.contains(id) {
                 // Blocks until the learner caught up with the leader's log; a node that never
                 // answers fails the step (the plan retries it, or the operator cancels the plan).
                 tokio::time::timeout(LEARNER_CATCH_UP, raft.add_learner(*id, addr.clone(), true))
@@ -399,7 +403,6 @@ impl RaftNode {
                     .map_err(|e| format!("add learner {id}: {e}"))?;
             }
         }
-        let current: BTreeSet<NodeId> = m.membership().voter_ids().collect();
         if current != voters {
             raft.change_membership(ChangeMembers::ReplaceAllVoters(voters.clone()), true)
                 .await
