@@ -389,10 +389,12 @@ impl RaftNode {
         let present: BTreeSet<NodeId> = m.membership().nodes().map(|(id, _)| *id).collect();
         let current: BTreeSet<NodeId> = m.membership().voter_ids().collect();
         for (id, addr) in &nodes {
-            // Every node that is not a voter yet, also one already present as a learner: an
-            // earlier attempt may have added it and failed before it caught up (a leader change
-            // mid-step), and skipping it then finished a plan for a node that never started.
-            if !current.contains(id) {
+            // A new node, and a learner about to become a voter: an earlier attempt may have
+            // added it and failed before it caught up (a leader change mid-step), and promoting
+            // it then made a node that never started a voter. A learner that stays a learner
+            // is not waited for (it may be down without holding up the plan).
+            let promoted = voters.contains(id) && !current.contains(id);
+            if !present.contains(id) || promoted {
                 // Blocks until the learner caught up with the leader's log; a node that never
                 // answers fails the step (the plan retries it, or the operator cancels the plan).
                 tokio::time::timeout(LEARNER_CATCH_UP, raft.add_learner(*id, addr.clone(), true))

@@ -103,13 +103,13 @@ impl<C: RaftTypeConfig> GroupLog<C> {
     /// Drops the cached entries from `from` on (truncate).
     fn uncache_from(&mut self, from: u64) {
         let removed = self.cache.split_off(&from);
-        self.cached_bytes -= removed.values().map(|(_, n, _)| n).sum::<usize>();
+        self.cached_bytes = self.cached_bytes.saturating_sub(removed.values().map(|(_, n, _)| n).sum());
     }
 
     /// Drops the cached entries below `upto` (purge).
     fn uncache_below(&mut self, upto: u64) {
         let kept = self.cache.split_off(&upto);
-        self.cached_bytes -= self.cache.values().map(|(_, n, _)| n).sum::<usize>();
+        self.cached_bytes = self.cached_bytes.saturating_sub(self.cache.values().map(|(_, n, _)| n).sum());
         self.cache = kept;
     }
 }
@@ -381,7 +381,7 @@ where
             log.last_log_id = Some(last.log_id());
             for (ent, n) in entries.iter().zip(sizes) {
                 if let Some((_, old, _)) = log.cache.insert(ent.index(), (seq, n, ent.clone())) {
-                    log.cached_bytes -= old;
+                    log.cached_bytes = log.cached_bytes.saturating_sub(old);
                 }
                 log.cached_bytes += n;
             }
@@ -397,7 +397,7 @@ where
             }
             let index = *oldest.key();
             let (_, n, _) = oldest.remove();
-            log.cached_bytes -= n;
+            log.cached_bytes = log.cached_bytes.saturating_sub(n);
             log.cache_lo = index + 1;
         }
         Ok((batch, seq))

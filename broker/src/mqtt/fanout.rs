@@ -16,6 +16,7 @@ use ironhub_storage::codec as wire;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::router::QueueRoom;
 use super::{now_ms, AppMessage, AuditReply, Broker};
 use crate::state::session::{
     outbox_id, outbox_key, EnqueueItem, Message, MsgId, Owner, SessionCommand, Target, OUTBOX_DONE,
@@ -190,10 +191,12 @@ async fn outbox_loop(b: Arc<Broker>, g: GroupId, cancel: CancellationToken) {
         for t in per_partition.values().flatten().flat_map(|i| &i.targets) {
             *wants.entry(t.client.as_str()).or_default() += 1;
         }
-        let started = Instant::now();
-        let room = b.router.wait_queue_room(&wants, u64::from(limit), QUEUE_PATIENCE).await;
-        if started.elapsed() > Duration::from_millis(1) || !room {
-            let outcome = if room { "round_waited" } else { "round_slow" };
+        let outcome = match b.router.wait_queue_room(&wants, u64::from(limit), QUEUE_PATIENCE).await {
+            QueueRoom::Free => None,
+            QueueRoom::Waited => Some("round_waited"),
+            QueueRoom::Slow => Some("round_slow"),
+        };
+        if let Some(outcome) = outcome {
             b.router.metrics.fanout_held.with_label_values(&[outcome]).inc();
         }
         drop(wants);
@@ -297,7 +300,7 @@ async fn timer_loop(b: Arc<Broker>, g: GroupId, cancel: CancellationToken) {
         }
         let now = now_ms();
         let sessions = b.router.sessions_of(g);
-        let depth: u64 = sessions.iter().map(|(_, r)| r.queued).sum();
+        let depth = b.router.queued(sessions.iter().map(|(c, _)| c.as_str()));
         b.router.metrics.queue_depth.with_label_values(&[&label]).set(depth as i64);
         // Due will delays and session expiries.
         for (client, r) in &sessions {

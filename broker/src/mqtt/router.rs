@@ -31,8 +31,6 @@ pub struct ClientRoute {
     pub subs: BTreeMap<String, Sub>,
     /// When the partition leader must look at the session again (will delay, expiry), ms.
     pub deadline: Option<u64>,
-    /// Messages in its queue.
-    pub queued: u64,
     /// When this node learned the current owner (the session audit leaves fresh owners alone).
     pub owner_since: std::time::Instant,
 }
@@ -94,8 +92,7 @@ pub type RemoteBatch = Vec<RemoteItem>;
 /// Members of one shared group matching a topic.
 type ShareMembers<'a> = Vec<(&'a str, &'a ClientRoute, &'a Sub)>;
 
-/// One partition's fan-out backlog as this node applied it.
-/// A session's queue as the fan-out's back-pressure sees it.
+/// A session's queue as applied here (the queue-depth gauge, the fan-out's back-pressure).
 struct QueueFill {
     depth: u64,
     /// When its receiver last acknowledged something (a queue that drains is waited for).
@@ -104,6 +101,18 @@ struct QueueFill {
     slow_until: Option<std::time::Instant>,
 }
 
+/// What [`Router::wait_queue_room`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueRoom {
+    /// Every queue had room.
+    Free,
+    /// Room came after waiting for acks.
+    Waited,
+    /// Still full after the patience (those receivers are skipped for a while).
+    Slow,
+}
+
+/// One partition's fan-out backlog as this node applied it.
 struct Backlog {
     /// Outbox messages applied and not yet fanned out.
     len: AtomicU64,
@@ -246,8 +255,7 @@ impl Router {
     }
 
     /// Subscriber-side back-pressure of the fan-out: waits until each queue in `wants` (client →
-    /// messages about to be queued) has room for them under `limit`, at most `patience`; whether
-    /// all have. Only queues that drain are waited for — whose receiver acknowledged within the
+    /// messages about to be queued) has room for them under `limit`, at most `patience`. Only queues that drain are waited for — whose receiver acknowledged within the
     /// patience — so an offline session's queue overflows as configured (oldest dropped, counted)
     /// instead of holding everyone back, and a receiver that let a round wait out the whole
     /// patience is not waited for during the next ten.
@@ -256,8 +264,9 @@ impl Router {
         wants: &HashMap<&str, u64>,
         limit: u64,
         patience: std::time::Duration,
-    ) -> bool {
+    ) -> QueueRoom {
         let deadline = std::time::Instant::now() + patience;
+        let mut waited = false;
         loop {
             let notified = self.drained.notified();
             tokio::pin!(notified);
@@ -277,7 +286,7 @@ impl Router {
                     .map(|(c, _)| *c)
                     .collect();
                 if full.is_empty() {
-                    return true;
+                    return if waited { QueueRoom::Waited } else { QueueRoom::Free };
                 }
                 if now >= deadline {
                     for c in full {
@@ -285,9 +294,10 @@ impl Router {
                             f.slow_until = Some(now + patience * 10);
                         }
                     }
-                    return false;
+                    return QueueRoom::Slow;
                 }
             }
+            waited = true;
             let _ = tokio::time::timeout_at(deadline.into(), notified).await;
         }
     }
@@ -423,6 +433,7 @@ impl Router {
     }
 
     fn set_route(&self, group: GroupId, client: &str, s: &Session) {
+        self.set_fill(client, s.next_seq - s.head, false);
         let mut index = self.index.write();
         let old = index.clients.remove(client);
         let key_client: Arc<str> = Arc::from(client);
@@ -449,12 +460,12 @@ impl Router {
             connected: s.connected,
             subs: s.subs.clone(),
             deadline,
-            queued: s.next_seq - s.head,
         };
         index.clients.insert(client.to_string(), route);
     }
 
     fn remove_route(&self, client: &str) {
+        self.fills.lock().remove(client);
         let mut index = self.index.write();
         if let Some(old) = index.clients.remove(client) {
             let key_client: Arc<str> = Arc::from(client);
@@ -462,6 +473,27 @@ impl Router {
                 index.trie.remove(filter_of(key), &(key_client.clone(), Arc::from(key.as_str())));
             }
         }
+    }
+
+    /// Records `client`'s queue depth; `acked`: its receiver's cursor moved (wakes the fan-out).
+    fn set_fill(&self, client: &str, depth: u64, acked: bool) {
+        let mut fills = self.fills.lock();
+        if !fills.contains_key(client) {
+            fills.insert(client.to_string(), QueueFill { depth, acked_at: None, slow_until: None });
+        }
+        let Some(f) = fills.get_mut(client) else { return };
+        f.depth = depth;
+        if acked {
+            f.acked_at = Some(std::time::Instant::now());
+            drop(fills);
+            self.drained.notify_waiters();
+        }
+    }
+
+    /// Messages queued for `clients`, as applied here (the `ironhub_queue_depth` gauge).
+    pub fn queued<'a>(&self, clients: impl IntoIterator<Item = &'a str>) -> u64 {
+        let fills = self.fills.lock();
+        clients.into_iter().filter_map(|c| fills.get(c)).map(|f| f.depth).sum()
     }
 }
 
@@ -525,22 +557,10 @@ impl Hooks for Router {
 
     fn session_ended(&self, _group: GroupId, client: &str) {
         self.remove_route(client);
-        self.fills.lock().remove(client);
     }
 
     fn queue_depth(&self, _group: GroupId, client: &str, depth: u64, acked: bool) {
-        let now = std::time::Instant::now();
-        let mut fills = self.fills.lock();
-        if !fills.contains_key(client) {
-            fills.insert(client.to_string(), QueueFill { depth, acked_at: None, slow_until: None });
-        }
-        let Some(f) = fills.get_mut(client) else { return };
-        f.depth = depth;
-        if acked {
-            f.acked_at = Some(now);
-            drop(fills);
-            self.drained.notify_waiters();
-        }
+        self.set_fill(client, depth, acked);
     }
 
     fn queue_appended(&self, group: GroupId, client: &str) {
@@ -758,14 +778,13 @@ mod tests {
         let short = std::time::Duration::from_millis(30);
         let wants = |c: &'static str, n: u64| HashMap::from([(c, n)]);
         // Unknown queue, and a full queue whose receiver never acknowledged (offline): no wait.
-        assert!(r.wait_queue_room(&wants("new", 5), 10, short).await);
+        assert_eq!(r.wait_queue_room(&wants("new", 5), 10, short).await, QueueRoom::Free);
         r.queue_depth(1, "offline", 10, false);
-        let t0 = std::time::Instant::now();
-        assert!(r.wait_queue_room(&wants("offline", 5), 10, short).await);
-        assert!(t0.elapsed() < short, "an offline queue overflows as configured");
+        let offline = r.wait_queue_room(&wants("offline", 5), 10, short).await;
+        assert_eq!(offline, QueueRoom::Free, "an offline queue overflows as configured");
         // A draining queue with room: no wait; without room: waits until its receiver acks.
         r.queue_depth(1, "busy", 5, true);
-        assert!(r.wait_queue_room(&wants("busy", 5), 10, short).await);
+        assert_eq!(r.wait_queue_room(&wants("busy", 5), 10, short).await, QueueRoom::Free);
         r.queue_depth(1, "busy", 8, false);
         let (r2, long) = (r.clone(), std::time::Duration::from_secs(5));
         let waiter = tokio::spawn(async move { r2.wait_queue_room(&wants("busy", 5), 10, long).await });
@@ -775,10 +794,10 @@ mod tests {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         assert!(!waiter.is_finished(), "6 + 5 > 10: still waits");
         r.queue_depth(1, "busy", 2, true);
-        assert!(waiter.await.expect("waiter"), "room after the acks");
+        assert_eq!(waiter.await.expect("waiter"), QueueRoom::Waited, "room after the acks");
         // More than the limit at once waits only for an empty queue.
         r.queue_depth(1, "busy", 0, true);
-        assert!(r.wait_queue_room(&wants("busy", 50), 10, short).await);
+        assert_eq!(r.wait_queue_room(&wants("busy", 50), 10, short).await, QueueRoom::Free);
         // A receiver that lets a round wait out its patience is not waited for a while.
         r.queue_depth(1, "slow", 10, true);
         let r2 = r.clone();
@@ -788,15 +807,31 @@ mod tests {
                 tokio::time::sleep(std::time::Duration::from_millis(5)).await;
             }
         });
-        assert!(!r.wait_queue_room(&wants("slow", 1), 10, short).await, "waited out");
+        assert_eq!(r.wait_queue_room(&wants("slow", 1), 10, short).await, QueueRoom::Slow, "waited out");
         acking.await.expect("acking");
         r.queue_depth(1, "slow", 10, true);
-        let t0 = std::time::Instant::now();
-        assert!(r.wait_queue_room(&wants("slow", 1), 10, short).await);
-        assert!(t0.elapsed() < short, "a slow receiver is skipped");
+        let skipped = r.wait_queue_room(&wants("slow", 1), 10, short).await;
+        assert_eq!(skipped, QueueRoom::Free, "a slow receiver is skipped");
         // A session that ended is forgotten.
         r.session_ended(1, "busy");
         assert!(r.fills.lock().get("busy").is_none());
+    }
+
+    /// The queue-depth gauge follows enqueues and acks, and a session loaded or changed.
+    #[test]
+    fn queued_follows_enqueues_acks_and_session_changes() {
+        let r = Router::new(1, MqttMetrics::unregistered());
+        let mut s = session(1, false, &[("t", 1)]);
+        (s.head, s.next_seq) = (4, 9);
+        r.session_changed(1, "a", &s);
+        assert_eq!(r.queued(["a"]), 5, "a stored queue counts before any traffic");
+        r.queue_depth(1, "a", 7, false);
+        r.queue_depth(1, "b", 2, false);
+        assert_eq!(r.queued(["a", "b", "nobody"]), 9);
+        r.queue_depth(1, "a", 0, true);
+        assert_eq!(r.queued(["a", "b"]), 2);
+        r.session_ended(1, "b");
+        assert_eq!(r.queued(["b"]), 0);
     }
 
     #[test]

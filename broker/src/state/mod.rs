@@ -32,7 +32,8 @@ pub trait Hooks: Send + Sync + 'static {
     /// Messages were appended to `client`'s queue (readable once `committed` is called).
     fn queue_appended(&self, _group: GroupId, _client: &str) {}
     /// `client`'s queue holds `depth` messages after an enqueue or, with `acked`, after its
-    /// receiver's acknowledgement cursor moved.
+    /// receiver's acknowledgement cursor moved (other session changes report the depth through
+    /// `session_changed`).
     fn queue_depth(&self, _group: GroupId, _client: &str, _depth: u64, _acked: bool) {}
     /// A message was appended to `group`'s outbox (readable once `committed` is called).
     fn outbox_appended(&self, _group: GroupId, _msg: &session::Message) {}
