@@ -344,6 +344,12 @@ impl Config {
         if r.snapshot_every == 0 {
             return Err(err("raft.snapshot_every", "must be at least 1 (default 20000)"));
         }
+        if r.snapshot_log_bytes < b.max_bytes as u64 {
+            return Err(err(
+                "raft.snapshot_log_bytes",
+                "must be at least one batch (batch.max_bytes, 65536 by default; default 4194304)",
+            ));
+        }
         let m = &self.mqtt;
         if m.max_packet_size < 64 || m.max_packet_size > 256 * 1024 * 1024 {
             return Err(err("mqtt.max_packet_size", "must be 64..=268435456 bytes (default 16384)"));
@@ -462,6 +468,15 @@ mod tests {
     fn log_cache_limits_parse_with_defaults_for_the_rest() {
         let c: Config = toml::from_str("[log_cache]\nbytes = 1048576").expect("parse");
         assert_eq!((c.log_cache.bytes, c.log_cache.entries), (1_048_576, CacheLimits::default().entries));
+    }
+
+    #[test]
+    fn snapshot_size_policy_parses_and_refuses_less_than_a_batch() {
+        let mut c: Config = toml::from_str("[raft]\nsnapshot_log_bytes = 1048576").expect("parse");
+        assert_eq!((c.raft.snapshot_log_bytes, c.raft.keep_behind_bytes), (1_048_576, 2 << 20));
+        assert!(c.validate().is_ok());
+        c.raft.snapshot_log_bytes = 1000;
+        assert_eq!(c.validate().unwrap_err().key, "raft.snapshot_log_bytes");
     }
 
     #[test]

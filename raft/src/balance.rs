@@ -1,4 +1,5 @@
-//! Background tasks of a node: per-group metrics, leader balancing, persisting a learned cluster id.
+//! Background tasks of a node: per-group metrics and the log size policy ([`crate::log_size`]),
+//! leader balancing, persisting a learned cluster id.
 //!
 //! Balancing: every few seconds, each group this node leads whose preferred leader (the first voter
 //! in the bootstrap order, see [`crate::bootstrap::group_voters`]) is another voter that has caught
@@ -11,6 +12,7 @@ use openraft::async_runtime::WatchReceiver;
 use openraft::ServerState;
 
 use crate::bootstrap::group_voters;
+use crate::log_size::{Action, LogSizePolicy};
 use crate::node::RaftNode;
 use crate::types::{NodeId, META_GROUP};
 
@@ -40,8 +42,11 @@ impl RaftNode {
         let m = &self.inner.metrics;
         let label = m.group(g);
         let (mut last_leader, mut last_term) = (None, 0u64);
+        let t = &self.inner.config.timing;
+        let mut sizes = LogSizePolicy::new(t.snapshot_log_bytes, t.keep_behind_bytes, t.keep_behind_snapshot);
+        let log_bytes = self.inner.groups[g as usize].log_bytes.clone();
         loop {
-            {
+            let action = {
                 let s = rx.borrow_watched();
                 if s.current_term != last_term {
                     if last_term != 0 {
@@ -61,6 +66,23 @@ impl RaftNode {
                 let last = s.last_log_index.unwrap_or(0);
                 let purged = s.purged.map(|p| p.index).unwrap_or(0);
                 m.log_entries.with_label_values(&[&label]).set(last.saturating_sub(purged) as i64);
+                let appended = log_bytes.load(std::sync::atomic::Ordering::Relaxed);
+                let snapshot_bytes = m.snapshot_bytes(g);
+                sizes.observe(
+                    appended,
+                    last,
+                    s.snapshot.map(|l| l.index),
+                    s.purged.map(|l| l.index),
+                    snapshot_bytes,
+                )
+            };
+            let done = match action {
+                Some(Action::Snapshot) => raft.trigger().snapshot().await,
+                Some(Action::Purge(upto)) => raft.trigger().purge_log(upto).await,
+                None => Ok(()),
+            };
+            if let Err(e) = done {
+                tracing::debug!(group = g, ?action, "log size policy: {e}");
             }
             if g == META_GROUP {
                 use std::sync::atomic::Ordering::Relaxed;

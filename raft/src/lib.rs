@@ -18,6 +18,7 @@ pub mod batcher;
 mod bootstrap;
 pub mod error;
 mod forward;
+mod log_size;
 pub mod membership;
 pub mod metrics;
 pub mod net;

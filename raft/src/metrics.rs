@@ -180,6 +180,11 @@ impl RaftMetrics {
         }
     }
 
+    /// Size of `group`'s latest snapshot built or installed since start (0: none yet).
+    pub(crate) fn snapshot_bytes(&self, group: u16) -> u64 {
+        self.snapshot_bytes.with_label_values(&[&group_label(group)]).get().max(0) as u64
+    }
+
     pub(crate) fn group(&self, group: u16) -> String {
         group_label(group)
     }

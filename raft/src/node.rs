@@ -48,6 +48,13 @@ pub struct Timing {
     pub snapshot_every: u64,
     /// Log entries kept behind a snapshot for slow followers (default 10000).
     pub keep_behind_snapshot: u64,
+    /// Also build a snapshot once this many bytes (or the last snapshot's size, if larger) were
+    /// written to the group's log since the last one (default 4 MiB). Under load an entry is a batch of up to `batch.max_bytes`, so a bound
+    /// in entries alone lets the log grow to gigabytes, which RocksDB then compacts over and over.
+    pub snapshot_log_bytes: u64,
+    /// At most about this many bytes of log are kept behind a snapshot (default 2 MiB), besides
+    /// the `keep_behind_snapshot` entries bound; a follower further behind gets the snapshot.
+    pub keep_behind_bytes: u64,
 }
 
 impl Timing {
@@ -72,6 +79,8 @@ impl Default for Timing {
             snapshot_timeout_ms: 10_000,
             snapshot_every: 20_000,
             keep_behind_snapshot: 10_000,
+            snapshot_log_bytes: 4 << 20,
+            keep_behind_bytes: 2 << 20,
         }
     }
 }
@@ -105,6 +114,8 @@ pub(crate) struct Group {
     pub(crate) batcher: BatcherHandle,
     pub(crate) forwarder: ForwarderHandle,
     pub(crate) reads: parking_lot::Mutex<crate::reads::ReadRound>,
+    /// Bytes appended to the group's log (see `LogStore::appended_bytes`).
+    pub(crate) log_bytes: Arc<std::sync::atomic::AtomicU64>,
 }
 
 pub(crate) struct Inner {
@@ -317,6 +328,7 @@ impl RaftNode {
                 .await
                 .map_err(|e| NodeError::Raft { group: g, reason: e.to_string() })??
             };
+            let log_bytes = log.appended_bytes();
             let sm_dir = config.data_dir.join("snapshots").join(format!("g{g}"));
             let sm = {
                 let (engine, app, metrics) = (engine.clone(), app.clone(), metrics.clone());
@@ -351,7 +363,7 @@ impl RaftNode {
                 retry: config.timing.retry_window(),
             }
             .start(config.batch.queue, &tasks, shutdown.clone());
-            groups.push(Group { id: g, raft, batcher, forwarder, reads: Default::default() });
+            groups.push(Group { id: g, raft, batcher, forwarder, reads: Default::default(), log_bytes });
         }
 
         let node = RaftNode {

@@ -118,6 +118,8 @@ struct Shared<C: RaftTypeConfig> {
     log: Mutex<GroupLog<C>>,
     /// Highest append sequence number the flusher has written into the engine.
     written: Arc<AtomicU64>,
+    /// Encoded bytes of every entry appended since the store was opened.
+    appended: Arc<AtomicU64>,
 }
 
 /// The raft log store of one group. Cloning is cheap; a clone is also its [`RaftLogReader`].
@@ -246,7 +248,11 @@ where
             group,
             engine,
             flusher,
-            shared: Arc::new(Shared { log: Mutex::new(log), written: Arc::new(AtomicU64::new(0)) }),
+            shared: Arc::new(Shared {
+                log: Mutex::new(log),
+                written: Arc::new(AtomicU64::new(0)),
+                appended: Arc::new(AtomicU64::new(0)),
+            }),
         })
     }
 
@@ -271,6 +277,12 @@ where
     /// Encoded bytes currently in the cache.
     pub fn cached_bytes(&self) -> usize {
         self.shared.log.lock().cached_bytes
+    }
+
+    /// A counter of the encoded bytes appended since the store was opened (it only grows): what
+    /// a snapshot policy by size reads.
+    pub fn appended_bytes(&self) -> Arc<AtomicU64> {
+        self.shared.appended.clone()
     }
 
     /// The group this log belongs to.
@@ -354,6 +366,7 @@ where
             sizes.push(bytes.len());
             batch.put(keys::log_key(self.group, ent.index()), bytes);
         }
+        self.shared.appended.fetch_add(sizes.iter().sum::<usize>() as u64, Ordering::Relaxed);
         let mut log = self.shared.log.lock();
         let mut expect = log.last_log_id.as_ref().map(|l| l.index() + 1);
         for ent in entries {

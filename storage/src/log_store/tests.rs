@@ -182,11 +182,15 @@ async fn cache_is_bounded_in_bytes_and_counts_truncate_and_purge() {
     let engine: Arc<dyn KvEngine> = Arc::new(MemEngine::new());
     let (store, _flusher) = open(engine);
     let mut store = store.with_cache_bytes(2_000);
+    let appended = store.appended_bytes();
     let big = "x".repeat(300);
     for i in 1..=20 {
         append_flushed(&mut store, vec![normal(1, i, &format!("{big}{i}"))]).await;
         assert!(store.cached_bytes() <= 2_000, "cache holds {} bytes", store.cached_bytes());
     }
+    // The size counter (what the snapshot policy reads) saw every entry, evicted or not.
+    let total = appended.load(std::sync::atomic::Ordering::Relaxed);
+    assert!((20 * 300..20 * 400).contains(&total), "{total} bytes appended for 20 entries of ~300");
     let cached = store.cached_entries();
     assert!((4..20).contains(&cached), "{cached} entries of ~300 bytes in 2,000 bytes");
     // Every entry is still readable (evicted ones from the engine).
