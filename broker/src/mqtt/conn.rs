@@ -125,6 +125,8 @@ struct Conn<W> {
     transient: HashMap<u16, u8>,
     next_transient: u16,
     resend_rel: bool,
+    /// This connection in the router (once CONNECT was accepted).
+    local: Option<Arc<LocalConn>>,
 }
 
 /// Serves one connection until it ends.
@@ -216,6 +218,7 @@ async fn run<R, W>(
         transient: HashMap::new(),
         next_transient: TRANSIENT_PKID,
         resend_rel: false,
+        local: None,
         lane: Arc::default(),
         tickets: 0,
         _slot: None,
@@ -637,15 +640,8 @@ impl<W: AsyncWrite + Unpin> Conn<W> {
         self.alias_out_max = props.topic_alias_max.unwrap_or(0);
         self.group = partition_of(self.client.as_bytes(), b.node.partitions());
 
-        let local = Arc::new(LocalConn {
-            conn: self.owner.conn,
-            epoch: Default::default(),
-            live,
-            wake: Notify::new(),
-            kick,
-            group: self.group,
-            since: std::time::Instant::now(),
-        });
+        let local = Arc::new(LocalConn::new(self.owner.conn, self.group, live, kick));
+        self.local = Some(local.clone());
         b.router.register(&self.client, local.clone());
         let cmd = self.session_cmd(SessionCommand::Connect {
             client: self.client.clone(),
@@ -1191,6 +1187,18 @@ impl<W: AsyncWrite + Unpin> Conn<W> {
         Some(p)
     }
 
+    /// Up to `limit` queue rows from the cursor on: the ones apply handed over if they continue
+    /// the cursor (no read), else read from the local state (a resumed session's backlog, rows
+    /// handed over before this connection's `Connect`, or more than
+    /// [`FRESH_ROWS`](super::router::FRESH_ROWS) behind).
+    fn next_rows(&mut self, limit: usize) -> Result<QueueRows, End> {
+        let fresh = self.local.as_ref().and_then(|l| l.take_fresh(self.cursor, self.owner.epoch, limit));
+        match fresh {
+            Some(rows) => Ok(rows),
+            None => read_queue(&self.b, self.group, &self.client, self.cursor, limit),
+        }
+    }
+
     /// Sends queued and retained messages while the client's receive maximum allows.
     async fn pump(&mut self) -> Result<(), End> {
         while self.inflight.len() + self.transient.len() < self.quota {
@@ -1216,7 +1224,7 @@ impl<W: AsyncWrite + Unpin> Conn<W> {
             if room == 0 || self.cursor >= window_end {
                 return Ok(());
             }
-            let rows = read_queue(&self.b, self.group, &self.client, self.cursor, room.min(64))?;
+            let rows = self.next_rows(room.min(64))?;
             if rows.is_empty() {
                 return Ok(());
             }

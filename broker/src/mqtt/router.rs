@@ -3,7 +3,7 @@
 //! node holds. Matching a topic gives the receivers with their delivery QoS; shared subscriptions
 //! pick one member per group (connected members first, round robin).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, watch, Notify};
 use super::clock::PeerClocks;
 use super::metrics::MqttMetrics;
 use super::trie::Trie;
-use crate::state::session::{Message, Owner, Session, Sub, OUTBOX, SESSIONS};
+use crate::state::session::{Message, Owner, Queued, Session, Sub, OUTBOX, SESSIONS};
 use crate::state::Hooks;
 
 /// Where one session's messages go, as the route view knows it.
@@ -81,6 +81,58 @@ pub struct LocalConn {
     pub group: GroupId,
     /// When its session was established (after `Connect` applied).
     pub since: std::time::Instant,
+    /// Rows just appended to its session's queue, handed over once committed so the connection
+    /// need not read them back: (sequence number, session epoch, entry), at most
+    /// [`FRESH_ROWS`].
+    pub fresh: Mutex<VecDeque<(u64, u64, Queued)>>,
+}
+
+/// Most rows a connection's [`LocalConn::fresh`] holds (a few receive windows); older ones are
+/// read from the queue. Bounds the memory of connections whose receivers stall: 128 rows each.
+pub const FRESH_ROWS: usize = 128;
+
+impl LocalConn {
+    /// A connection of `group` with connection id `conn`.
+    pub fn new(conn: u64, group: GroupId, live: mpsc::Sender<Live>, kick: watch::Sender<Option<u8>>) -> Self {
+        Self {
+            conn,
+            epoch: AtomicU64::new(0),
+            live,
+            wake: Notify::new(),
+            kick,
+            group,
+            since: std::time::Instant::now(),
+            fresh: Mutex::new(VecDeque::new()),
+        }
+    }
+
+    fn hand_over(&self, epoch: u64, rows: Vec<(u64, Queued)>) {
+        let mut fresh = self.fresh.lock();
+        fresh.extend(rows.into_iter().map(|(seq, q)| (seq, epoch, q)));
+        while fresh.len() > FRESH_ROWS {
+            fresh.pop_front();
+        }
+    }
+
+    /// Up to `limit` handed-over rows that continue the queue of session `epoch` at `cursor`, in
+    /// order; `None` when the row at `cursor` is not among them (read the queue instead). Rows
+    /// before the cursor or of another epoch (an earlier session) are discarded.
+    pub fn take_fresh(&self, cursor: u64, epoch: u64, limit: usize) -> Option<Vec<(u64, Queued)>> {
+        let mut fresh = self.fresh.lock();
+        while fresh.front().is_some_and(|(seq, e, _)| *seq < cursor || *e != epoch) {
+            fresh.pop_front();
+        }
+        let mut rows = Vec::new();
+        while rows.len() < limit {
+            match fresh.front() {
+                Some((seq, e, _)) if *seq == cursor + rows.len() as u64 && *e == epoch => {}
+                _ => break,
+            }
+            let Some((seq, _, q)) = fresh.pop_front() else { break };
+            rows.push((seq, q));
+        }
+        (!rows.is_empty()).then_some(rows)
+    }
 }
 
 /// A receiver on another node: (client, retain flag, subscription ids).
@@ -134,7 +186,8 @@ impl Default for Backlog {
 
 #[derive(Default)]
 struct Pending {
-    clients: Vec<String>,
+    /// Receivers whose queues grew: client, session epoch, appended rows.
+    clients: Vec<(String, u64, Vec<(u64, Queued)>)>,
     outbox: bool,
 }
 
@@ -563,8 +616,8 @@ impl Hooks for Router {
         self.set_fill(client, depth, acked);
     }
 
-    fn queue_appended(&self, group: GroupId, client: &str) {
-        self.pending.lock().entry(group).or_default().clients.push(client.to_string());
+    fn queue_appended(&self, group: GroupId, client: &str, epoch: u64, rows: Vec<(u64, Queued)>) {
+        self.pending.lock().entry(group).or_default().clients.push((client.to_string(), epoch, rows));
     }
 
     fn routes_changed(&self, group: GroupId, index: u64) {
@@ -602,8 +655,9 @@ impl Hooks for Router {
         }
         if !p.clients.is_empty() {
             let local = self.local.lock();
-            for client in &p.clients {
-                if let Some(c) = local.get(client) {
+            for (client, epoch, rows) in p.clients {
+                if let Some(c) = local.get(&client) {
+                    c.hand_over(epoch, rows);
                     c.wake.notify_one();
                 }
             }
@@ -832,6 +886,39 @@ mod tests {
         assert_eq!(r.queued(["a", "b"]), 2);
         r.session_ended(1, "b");
         assert_eq!(r.queued(["b"]), 0);
+    }
+
+    #[test]
+    fn committed_rows_reach_the_connection_and_continue_its_cursor_only() {
+        let r = Router::new(1, MqttMetrics::unregistered());
+        let (live, _live_rx) = mpsc::channel(1);
+        let (kick, _kick_rx) = watch::channel(None);
+        let c = Arc::new(LocalConn::new(7, 1, live, kick));
+        r.register("a", c.clone());
+        let q = |seq: u64| (seq, Queued { msg: msg("t", 1), qos: 1, retain: false, sub_ids: vec![] });
+        let seqs = |rows: Option<Vec<(u64, Queued)>>| {
+            rows.map(|r| r.into_iter().map(|(s, _)| s).collect::<Vec<_>>())
+        };
+        // Not handed over before the group's writes are committed.
+        r.queue_appended(1, "a", 2, vec![q(5), q(6), q(7)]);
+        r.queue_appended(1, "other", 2, vec![q(0)]);
+        assert_eq!(seqs(c.take_fresh(5, 2, 10)), None);
+        r.committed(1);
+        // A cursor behind the first row reads the queue instead; the rows stay.
+        assert_eq!(seqs(c.take_fresh(4, 2, 10)), None);
+        assert_eq!(seqs(c.take_fresh(5, 2, 2)), Some(vec![5, 6]), "at most the limit, in order");
+        // Rows of another epoch (an earlier session with the same id) are never delivered.
+        r.queue_appended(1, "a", 3, vec![q(8)]);
+        r.committed(1);
+        assert_eq!(seqs(c.take_fresh(7, 2, 10)), Some(vec![7]), "stops at the epoch change");
+        assert_eq!(seqs(c.take_fresh(8, 2, 10)), None);
+        assert!(c.fresh.lock().is_empty(), "the stale row was dropped");
+        // Bounded: the oldest rows go first.
+        r.queue_appended(1, "a", 3, (0..FRESH_ROWS as u64 + 10).map(q).collect());
+        r.committed(1);
+        assert_eq!(c.fresh.lock().len(), FRESH_ROWS);
+        assert_eq!(seqs(c.take_fresh(0, 3, 1)), None);
+        assert_eq!(seqs(c.take_fresh(10, 3, 1)), Some(vec![10]));
     }
 
     #[test]

@@ -669,13 +669,14 @@ pub fn apply(
         }
         SessionCommand::Enqueue { source, items, limit } => {
             let mut dropped = 0u64;
-            let mut sessions: BTreeMap<String, Session> = BTreeMap::new();
+            // Per receiver: its session and the rows appended to its queue.
+            let mut sessions: BTreeMap<String, (Session, Vec<(u64, Queued)>)> = BTreeMap::new();
             for item in items {
                 for t in item.targets {
-                    let s = match sessions.get_mut(&t.client) {
+                    let (s, rows) = match sessions.get_mut(&t.client) {
                         Some(s) => s,
                         None => match load_session(txn, &t.client)? {
-                            Some(s) => sessions.entry(t.client.clone()).or_insert(s),
+                            Some(s) => sessions.entry(t.client.clone()).or_insert((s, Vec::new())),
                             None => continue,
                         },
                     };
@@ -690,6 +691,7 @@ pub fn apply(
                     let q =
                         Queued { msg: item.msg.clone(), qos: t.qos, retain: t.retain, sub_ids: t.sub_ids };
                     txn.put(&queue_key(&t.client, s.next_seq), &codec::encode(&q)?);
+                    rows.push((s.next_seq, q));
                     s.next_seq += 1;
                     while s.next_seq - s.head > u64::from(limit) {
                         txn.delete(&queue_key(&t.client, s.head));
@@ -700,10 +702,10 @@ pub fn apply(
                     }
                 }
             }
-            for (client, s) in &sessions {
-                save(txn, client, s)?;
-                hooks.queue_appended(txn.group(), client);
-                hooks.queue_depth(txn.group(), client, s.next_seq - s.head, false);
+            for (client, (s, rows)) in sessions {
+                save(txn, &client, &s)?;
+                hooks.queue_depth(txn.group(), &client, s.next_seq - s.head, false);
+                hooks.queue_appended(txn.group(), &client, s.owner.epoch, rows);
             }
             if dropped > 0 {
                 hooks.queue_dropped(dropped);
@@ -750,6 +752,8 @@ mod tests {
         dropped: Mutex<u64>,
         /// Outbox messages appended and fanned out, as the hooks were told.
         outbox: Mutex<(u64, u64)>,
+        /// Rows handed to `queue_appended`: client, session epoch, sequence numbers.
+        appended: Mutex<Vec<(String, u64, Vec<u64>)>>,
     }
 
     impl Hooks for Recorder {
@@ -759,8 +763,13 @@ mod tests {
         fn session_ended(&self, _g: GroupId, client: &str) {
             self.ended.lock().push(client.to_string());
         }
-        fn queue_appended(&self, _g: GroupId, client: &str) {
+        fn queue_appended(&self, _g: GroupId, client: &str, epoch: u64, rows: Vec<(u64, Queued)>) {
             self.woken.lock().push(client.to_string());
+            self.appended.lock().push((
+                client.to_string(),
+                epoch,
+                rows.into_iter().map(|(seq, _)| seq).collect(),
+            ));
         }
         fn queue_dropped(&self, n: u64) {
             *self.dropped.lock() += n;
@@ -1079,6 +1088,9 @@ mod tests {
         enqueue(&mut f, (5, 0), &[("c", 1)]); // a new fan-out leader retries the same round
         assert_eq!(f.queue("c"), [0]);
         assert!(f.hooks.woken.lock().contains(&"c".to_string()), "its connection is woken");
+        // The rows are handed over with the session's epoch (a connection may deliver them
+        // without reading the queue back); the retry hands over nothing.
+        assert_eq!(*f.hooks.appended.lock(), [("c".to_string(), 1, vec![0]), ("c".to_string(), 1, vec![])]);
         for i in 6..10 {
             enqueue(&mut f, (i, 0), &[("c", 1)]);
         }
