@@ -27,7 +27,9 @@ use tracing::Instrument;
 use super::codec::{self, v5, Packet, Protocol, QoS};
 use super::router::{parse_shared, Live, LocalConn};
 use super::{now_ms, proto, Broker};
-use crate::state::session::{queue_key, queue_seq, Message, Owner, Props, Queued, SessionCommand, Sub, Will};
+use crate::state::session::{
+    queue_key, queue_seq, Message, Owner, Props, QueueRows, Queued, SessionCommand, Sub, Will,
+};
 use crate::state::{retained_key, Command, Response, Retained, RETAINED};
 
 /// Least time between two stored ack cursors of one connection (DESIGN: acks as cursors)...
@@ -82,9 +84,6 @@ struct Flight {
 
 /// A stored ack cursor: the PUBREC'd sequences it carried, and the outcome.
 type AckFuture = BoxFuture<'static, (Vec<u64>, Result<Response, ProposeError>)>;
-
-/// Result of a queue read.
-type QueueRows = Vec<(u64, Queued)>;
 
 struct Conn<W> {
     b: Arc<Broker>,

@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, watch, Notify};
 use super::clock::PeerClocks;
 use super::metrics::MqttMetrics;
 use super::trie::Trie;
-use crate::state::session::{Message, Owner, Queued, Session, Sub, OUTBOX, SESSIONS};
+use crate::state::session::{Message, Owner, QueueRows, Queued, Session, Sub, OUTBOX, SESSIONS};
 use crate::state::Hooks;
 
 /// Where one session's messages go, as the route view knows it.
@@ -106,7 +106,7 @@ impl LocalConn {
         }
     }
 
-    fn hand_over(&self, epoch: u64, rows: Vec<(u64, Queued)>) {
+    fn hand_over(&self, epoch: u64, rows: QueueRows) {
         let mut fresh = self.fresh.lock();
         fresh.extend(rows.into_iter().map(|(seq, q)| (seq, epoch, q)));
         while fresh.len() > FRESH_ROWS {
@@ -117,7 +117,7 @@ impl LocalConn {
     /// Up to `limit` handed-over rows that continue the queue of session `epoch` at `cursor`, in
     /// order; `None` when the row at `cursor` is not among them (read the queue instead). Rows
     /// before the cursor or of another epoch (an earlier session) are discarded.
-    pub fn take_fresh(&self, cursor: u64, epoch: u64, limit: usize) -> Option<Vec<(u64, Queued)>> {
+    pub fn take_fresh(&self, cursor: u64, epoch: u64, limit: usize) -> Option<QueueRows> {
         let mut fresh = self.fresh.lock();
         while fresh.front().is_some_and(|(seq, e, _)| *seq < cursor || *e != epoch) {
             fresh.pop_front();
@@ -187,7 +187,7 @@ impl Default for Backlog {
 #[derive(Default)]
 struct Pending {
     /// Receivers whose queues grew: client, session epoch, appended rows.
-    clients: Vec<(String, u64, Vec<(u64, Queued)>)>,
+    clients: Vec<(String, u64, QueueRows)>,
     outbox: bool,
 }
 
@@ -616,7 +616,7 @@ impl Hooks for Router {
         self.set_fill(client, depth, acked);
     }
 
-    fn queue_appended(&self, group: GroupId, client: &str, epoch: u64, rows: Vec<(u64, Queued)>) {
+    fn queue_appended(&self, group: GroupId, client: &str, epoch: u64, rows: QueueRows) {
         self.pending.lock().entry(group).or_default().clients.push((client.to_string(), epoch, rows));
     }
 
@@ -896,9 +896,7 @@ mod tests {
         let c = Arc::new(LocalConn::new(7, 1, live, kick));
         r.register("a", c.clone());
         let q = |seq: u64| (seq, Queued { msg: msg("t", 1), qos: 1, retain: false, sub_ids: vec![] });
-        let seqs = |rows: Option<Vec<(u64, Queued)>>| {
-            rows.map(|r| r.into_iter().map(|(s, _)| s).collect::<Vec<_>>())
-        };
+        let seqs = |rows: Option<QueueRows>| rows.map(|r| r.into_iter().map(|(s, _)| s).collect::<Vec<_>>());
         // Not handed over before the group's writes are committed.
         r.queue_appended(1, "a", 2, vec![q(5), q(6), q(7)]);
         r.queue_appended(1, "other", 2, vec![q(0)]);

@@ -31,14 +31,7 @@ pub trait Hooks: Send + Sync + 'static {
     fn session_ended(&self, _group: GroupId, _client: &str) {}
     /// `rows` (sequence number, entry) were appended to the queue of `client`, whose session has
     /// `epoch` (readable once `committed` is called); empty when the fan-out was a retry.
-    fn queue_appended(
-        &self,
-        _group: GroupId,
-        _client: &str,
-        _epoch: u64,
-        _rows: Vec<(u64, session::Queued)>,
-    ) {
-    }
+    fn queue_appended(&self, _group: GroupId, _client: &str, _epoch: u64, _rows: session::QueueRows) {}
     /// `client`'s queue holds `depth` messages after an enqueue or, with `acked`, after its
     /// receiver's acknowledgement cursor moved (other session changes report the depth through
     /// `session_changed`).

@@ -156,6 +156,9 @@ pub struct Queued {
     pub sub_ids: Vec<u32>,
 }
 
+/// Queue entries with their sequence numbers, in order.
+pub type QueueRows = Vec<(u64, Queued)>;
+
 /// Who receives one fanned-out message in a partition.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Target {
@@ -670,7 +673,7 @@ pub fn apply(
         SessionCommand::Enqueue { source, items, limit } => {
             let mut dropped = 0u64;
             // Per receiver: its session and the rows appended to its queue.
-            let mut sessions: BTreeMap<String, (Session, Vec<(u64, Queued)>)> = BTreeMap::new();
+            let mut sessions: BTreeMap<String, (Session, QueueRows)> = BTreeMap::new();
             for item in items {
                 for t in item.targets {
                     let (s, rows) = match sessions.get_mut(&t.client) {
@@ -763,7 +766,7 @@ mod tests {
         fn session_ended(&self, _g: GroupId, client: &str) {
             self.ended.lock().push(client.to_string());
         }
-        fn queue_appended(&self, _g: GroupId, client: &str, epoch: u64, rows: Vec<(u64, Queued)>) {
+        fn queue_appended(&self, _g: GroupId, client: &str, epoch: u64, rows: QueueRows) {
             self.woken.lock().push(client.to_string());
             self.appended.lock().push((
                 client.to_string(),
