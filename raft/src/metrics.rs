@@ -180,7 +180,12 @@ impl RaftMetrics {
         }
     }
 
-    /// Size of `group`'s latest snapshot built or installed since start (0: none yet).
+    /// Records the size of `group`'s current snapshot (found at start).
+    pub(crate) fn set_snapshot_bytes(&self, group: u16, bytes: u64) {
+        self.snapshot_bytes.with_label_values(&[&group_label(group)]).set(bytes as i64);
+    }
+
+    /// Size of `group`'s current snapshot (0: none).
     pub(crate) fn snapshot_bytes(&self, group: u16) -> u64 {
         self.snapshot_bytes.with_label_values(&[&group_label(group)]).get().max(0) as u64
     }

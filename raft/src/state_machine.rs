@@ -107,6 +107,10 @@ impl GroupStateMachine {
             // (at once: no transfer can be reading it while the node opens).
             sm.remove_old(previous, &path, false);
         }
+        if let Some(current) = sm.current()? {
+            // The size policy (`log_size`) waits for as much log as the last snapshot had.
+            sm.shared.metrics.set_snapshot_bytes(group, current.size);
+        }
         let view = StateView { engine: sm.shared.engine.as_ref(), group };
         sm.shared.app.restore(group, &view)?;
         Ok(sm)

@@ -186,8 +186,8 @@ impl Default for Backlog {
 
 #[derive(Default)]
 struct Pending {
-    /// Receivers whose queues grew: client, session epoch, appended rows.
-    clients: Vec<(String, u64, QueueRows)>,
+    /// Receivers whose queues grew: client, session owner, appended rows.
+    clients: Vec<(String, Owner, QueueRows)>,
     outbox: bool,
 }
 
@@ -616,8 +616,8 @@ impl Hooks for Router {
         self.set_fill(client, depth, acked);
     }
 
-    fn queue_appended(&self, group: GroupId, client: &str, epoch: u64, rows: QueueRows) {
-        self.pending.lock().entry(group).or_default().clients.push((client.to_string(), epoch, rows));
+    fn queue_appended(&self, group: GroupId, client: &str, owner: Owner, rows: QueueRows) {
+        self.pending.lock().entry(group).or_default().clients.push((client.to_string(), owner, rows));
     }
 
     fn routes_changed(&self, group: GroupId, index: u64) {
@@ -655,9 +655,14 @@ impl Hooks for Router {
         }
         if !p.clients.is_empty() {
             let local = self.local.lock();
-            for (client, epoch, rows) in p.clients {
+            for (client, owner, rows) in p.clients {
                 if let Some(c) = local.get(&client) {
-                    c.hand_over(epoch, rows);
+                    // Only to the connection that owns the session: epochs restart at 1 when a
+                    // session is deleted, so an epoch alone does not tell an earlier session's
+                    // rows (enqueued before its end committed) from the new one's.
+                    if owner.node == self.node_id && owner.conn == c.conn {
+                        c.hand_over(owner.epoch, rows);
+                    }
                     c.wake.notify_one();
                 }
             }
@@ -897,22 +902,29 @@ mod tests {
         r.register("a", c.clone());
         let q = |seq: u64| (seq, Queued { msg: msg("t", 1), qos: 1, retain: false, sub_ids: vec![] });
         let seqs = |rows: Option<QueueRows>| rows.map(|r| r.into_iter().map(|(s, _)| s).collect::<Vec<_>>());
+        let owner = |epoch: u64| Owner { node: 1, conn: 7, epoch };
         // Not handed over before the group's writes are committed.
-        r.queue_appended(1, "a", 2, vec![q(5), q(6), q(7)]);
-        r.queue_appended(1, "other", 2, vec![q(0)]);
+        r.queue_appended(1, "a", owner(2), vec![q(5), q(6), q(7)]);
+        r.queue_appended(1, "other", owner(2), vec![q(0)]);
         assert_eq!(seqs(c.take_fresh(5, 2, 10)), None);
         r.committed(1);
         // A cursor behind the first row reads the queue instead; the rows stay.
         assert_eq!(seqs(c.take_fresh(4, 2, 10)), None);
         assert_eq!(seqs(c.take_fresh(5, 2, 2)), Some(vec![5, 6]), "at most the limit, in order");
         // Rows of another epoch (an earlier session with the same id) are never delivered.
-        r.queue_appended(1, "a", 3, vec![q(8)]);
+        r.queue_appended(1, "a", owner(3), vec![q(8)]);
         r.committed(1);
         assert_eq!(seqs(c.take_fresh(7, 2, 10)), Some(vec![7]), "stops at the epoch change");
         assert_eq!(seqs(c.take_fresh(8, 2, 10)), None);
         assert!(c.fresh.lock().is_empty(), "the stale row was dropped");
+        // Nor rows of a session another connection owns (epochs restart when a session is
+        // deleted, so a clean session's rows could carry this connection's epoch).
+        r.queue_appended(1, "a", Owner { node: 1, conn: 6, epoch: 3 }, vec![q(0)]);
+        r.queue_appended(1, "a", Owner { node: 2, conn: 7, epoch: 3 }, vec![q(0)]);
+        r.committed(1);
+        assert!(c.fresh.lock().is_empty(), "not handed over");
         // Bounded: the oldest rows go first.
-        r.queue_appended(1, "a", 3, (0..FRESH_ROWS as u64 + 10).map(q).collect());
+        r.queue_appended(1, "a", owner(3), (0..FRESH_ROWS as u64 + 10).map(q).collect());
         r.committed(1);
         assert_eq!(c.fresh.lock().len(), FRESH_ROWS);
         assert_eq!(seqs(c.take_fresh(0, 3, 1)), None);

@@ -20,7 +20,7 @@ use ironhub_raft::{Apply, ApplyContext, GroupId, StateTxn, StateView};
 use ironhub_storage::{codec, StorageError};
 use serde::{Deserialize, Serialize};
 
-use session::{Connected, Props, Session, SessionCommand};
+use session::{Connected, Owner, Props, Session, SessionCommand};
 
 /// In-memory consequences of applied commands (route index, wake-ups, metrics). Every method must
 /// return at once: apply runs on the group's apply thread.
@@ -30,8 +30,9 @@ pub trait Hooks: Send + Sync + 'static {
     /// A session ended (deleted with its queue).
     fn session_ended(&self, _group: GroupId, _client: &str) {}
     /// `rows` (sequence number, entry) were appended to the queue of `client`, whose session has
-    /// `epoch` (readable once `committed` is called); empty when the fan-out was a retry.
-    fn queue_appended(&self, _group: GroupId, _client: &str, _epoch: u64, _rows: session::QueueRows) {}
+    /// `owner` (readable once `committed` is called); empty when the fan-out was a retry. Rows the
+    /// same command dropped again (queue overflow) are not among them.
+    fn queue_appended(&self, _group: GroupId, _client: &str, _owner: Owner, _rows: session::QueueRows) {}
     /// `client`'s queue holds `depth` messages after an enqueue or, with `acked`, after its
     /// receiver's acknowledgement cursor moved (other session changes report the depth through
     /// `session_changed`).

@@ -705,10 +705,12 @@ pub fn apply(
                     }
                 }
             }
-            for (client, (s, rows)) in sessions {
+            for (client, (s, mut rows)) in sessions {
                 save(txn, &client, &s)?;
                 hooks.queue_depth(txn.group(), &client, s.next_seq - s.head, false);
-                hooks.queue_appended(txn.group(), &client, s.owner.epoch, rows);
+                // Rows that overflowed at once are not delivered (a read would not find them).
+                rows.retain(|(seq, _)| *seq >= s.head);
+                hooks.queue_appended(txn.group(), &client, s.owner, rows);
             }
             if dropped > 0 {
                 hooks.queue_dropped(dropped);
@@ -766,13 +768,10 @@ mod tests {
         fn session_ended(&self, _g: GroupId, client: &str) {
             self.ended.lock().push(client.to_string());
         }
-        fn queue_appended(&self, _g: GroupId, client: &str, epoch: u64, rows: QueueRows) {
+        fn queue_appended(&self, _g: GroupId, client: &str, owner: Owner, rows: QueueRows) {
             self.woken.lock().push(client.to_string());
-            self.appended.lock().push((
-                client.to_string(),
-                epoch,
-                rows.into_iter().map(|(seq, _)| seq).collect(),
-            ));
+            let seqs = rows.into_iter().map(|(seq, _)| seq).collect();
+            self.appended.lock().push((client.to_string(), owner.epoch, seqs));
         }
         fn queue_dropped(&self, n: u64) {
             *self.dropped.lock() += n;
@@ -1081,6 +1080,19 @@ mod tests {
         assert_eq!(f.outbox().len(), 1);
         f.apply(SessionCommand::Tick { client: "c".into(), epoch: 1, at_ms: 21_000 });
         assert!(f.session("c").is_none(), "expired after 20 s offline");
+    }
+
+    #[test]
+    fn rows_that_overflow_in_the_same_enqueue_are_not_handed_over() {
+        let mut f = Fixture::new();
+        f.connect("d", 1, 10, false, None);
+        let target = Target { client: "d".into(), qos: 1, retain: false, sub_ids: vec![] };
+        let items = (0..5)
+            .map(|i| EnqueueItem { id: (i, 0), msg: msg("t", "x"), targets: vec![target.clone()] })
+            .collect();
+        f.apply(SessionCommand::Enqueue { source: 2, items, limit: 3 });
+        assert_eq!(f.queue("d"), [2, 3, 4]);
+        assert_eq!(*f.hooks.appended.lock(), [("d".to_string(), 1, vec![2, 3, 4])]);
     }
 
     #[test]
