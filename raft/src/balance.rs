@@ -45,6 +45,11 @@ impl RaftNode {
         let t = &self.inner.config.timing;
         let mut sizes = LogSizePolicy::new(t.snapshot_log_bytes, t.keep_behind_bytes, t.keep_behind_snapshot);
         let log_bytes = self.inner.groups[g as usize].log_bytes.clone();
+        // Looked up once: this loop runs on every metrics change (every commit under load).
+        let term = m.term.with_label_values(&[&label]);
+        let is_leader = m.is_leader.with_label_values(&[&label]);
+        let log_entries = m.log_entries.with_label_values(&[&label]);
+        let snapshot_bytes = m.snapshot_bytes(g);
         loop {
             let action = {
                 let s = rx.borrow_watched();
@@ -61,19 +66,18 @@ impl RaftNode {
                     }
                     last_leader = s.current_leader;
                 }
-                m.term.with_label_values(&[&label]).set(s.current_term as i64);
-                m.is_leader.with_label_values(&[&label]).set(i64::from(s.state == ServerState::Leader));
+                term.set(s.current_term as i64);
+                is_leader.set(i64::from(s.state == ServerState::Leader));
                 let last = s.last_log_index.unwrap_or(0);
                 let purged = s.purged.map(|p| p.index).unwrap_or(0);
-                m.log_entries.with_label_values(&[&label]).set(last.saturating_sub(purged) as i64);
+                log_entries.set(last.saturating_sub(purged) as i64);
                 let appended = log_bytes.load(std::sync::atomic::Ordering::Relaxed);
-                let snapshot_bytes = m.snapshot_bytes(g);
                 sizes.observe(
                     appended,
                     last,
                     s.snapshot.map(|l| l.index),
                     s.purged.map(|l| l.index),
-                    snapshot_bytes,
+                    snapshot_bytes.get().max(0) as u64,
                 )
             };
             let done = match action {

@@ -185,9 +185,9 @@ impl RaftMetrics {
         self.snapshot_bytes.with_label_values(&[&group_label(group)]).set(bytes as i64);
     }
 
-    /// Size of `group`'s current snapshot (0: none).
-    pub(crate) fn snapshot_bytes(&self, group: u16) -> u64 {
-        self.snapshot_bytes.with_label_values(&[&group_label(group)]).get().max(0) as u64
+    /// The gauge of `group`'s current snapshot size (0: none).
+    pub(crate) fn snapshot_bytes(&self, group: u16) -> prometheus::IntGauge {
+        self.snapshot_bytes.with_label_values(&[&group_label(group)])
     }
 
     pub(crate) fn group(&self, group: u16) -> String {

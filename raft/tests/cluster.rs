@@ -375,3 +375,35 @@ async fn a_plan_for_a_node_that_never_starts_can_be_cancelled() {
         assert_eq!(c.incr(2, g, "c").await, 1, "group {g} still writable");
     }
 }
+
+/// The log is bounded by size, not only by entry count: with counts far out of reach, a group
+/// whose log grew past `snapshot_log_bytes` snapshots, and keeps about `keep_behind_bytes` behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_is_snapshotted_and_purged_by_size() {
+    let timing = Timing {
+        snapshot_every: 1_000_000,
+        keep_behind_snapshot: 1_000_000,
+        snapshot_log_bytes: 64 * 1024,
+        keep_behind_bytes: 8 * 1024,
+        ..fast_timing()
+    };
+    let c = TestCluster::start(1, 1, timing).await;
+    c.wait_all_led(&[1], Duration::from_secs(10)).await;
+    // 400 entries of ~1 KiB: about 400 KiB of log, six times the threshold.
+    let key = "k".repeat(1000);
+    for _ in 0..400 {
+        c.incr(1, 1, &key).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let st = c.nodes[&1].status()[1].clone();
+        let (last, purged) = (st.last_log_index.unwrap_or(0), st.purged.unwrap_or(0));
+        // 64 KiB since the last snapshot plus ~8 KiB behind it: well under 100 entries of 1 KiB.
+        if st.snapshot.is_some() && last - purged < 100 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "log not bounded by size: {st:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(c.read(1, 1, &key).await, 400, "nothing lost to the purges");
+}

@@ -1188,10 +1188,10 @@ impl<W: AsyncWrite + Unpin> Conn<W> {
 
     /// Up to `limit` queue rows from the cursor on: the ones apply handed over if they continue
     /// the cursor (no read), else read from the local state (a resumed session's backlog, rows
-    /// handed over before this connection's `Connect`, or more than
+    /// enqueued before this connection's `Connect`, or more than
     /// [`FRESH_ROWS`](super::router::FRESH_ROWS) behind).
     fn next_rows(&mut self, limit: usize) -> Result<QueueRows, End> {
-        let fresh = self.local.as_ref().and_then(|l| l.take_fresh(self.cursor, self.owner.epoch, limit));
+        let fresh = self.local.as_ref().and_then(|l| l.take_fresh(self.cursor, limit));
         match fresh {
             Some(rows) => Ok(rows),
             None => read_queue(&self.b, self.group, &self.client, self.cursor, limit),

@@ -81,10 +81,9 @@ pub struct LocalConn {
     pub group: GroupId,
     /// When its session was established (after `Connect` applied).
     pub since: std::time::Instant,
-    /// Rows just appended to its session's queue, handed over once committed so the connection
-    /// need not read them back: (sequence number, session epoch, entry), at most
-    /// [`FRESH_ROWS`].
-    pub fresh: Mutex<VecDeque<(u64, u64, Queued)>>,
+    /// Rows just appended to the queue of the session it owns, handed over once committed so the
+    /// connection need not read them back; at most [`FRESH_ROWS`].
+    pub fresh: Mutex<VecDeque<(u64, Queued)>>,
 }
 
 /// Most rows a connection's [`LocalConn::fresh`] holds (a few receive windows); older ones are
@@ -106,30 +105,25 @@ impl LocalConn {
         }
     }
 
-    fn hand_over(&self, epoch: u64, rows: QueueRows) {
+    fn hand_over(&self, rows: QueueRows) {
         let mut fresh = self.fresh.lock();
-        fresh.extend(rows.into_iter().map(|(seq, q)| (seq, epoch, q)));
+        fresh.extend(rows);
         while fresh.len() > FRESH_ROWS {
             fresh.pop_front();
         }
     }
 
-    /// Up to `limit` handed-over rows that continue the queue of session `epoch` at `cursor`, in
-    /// order; `None` when the row at `cursor` is not among them (read the queue instead). Rows
-    /// before the cursor or of another epoch (an earlier session) are discarded.
-    pub fn take_fresh(&self, cursor: u64, epoch: u64, limit: usize) -> Option<QueueRows> {
+    /// Up to `limit` handed-over rows that continue the queue at `cursor`, in order; `None` when
+    /// the row at `cursor` is not among them (read the queue instead). Rows before the cursor are
+    /// discarded.
+    pub fn take_fresh(&self, cursor: u64, limit: usize) -> Option<QueueRows> {
         let mut fresh = self.fresh.lock();
-        while fresh.front().is_some_and(|(seq, e, _)| *seq < cursor || *e != epoch) {
+        while fresh.front().is_some_and(|(seq, _)| *seq < cursor) {
             fresh.pop_front();
         }
         let mut rows = Vec::new();
-        while rows.len() < limit {
-            match fresh.front() {
-                Some((seq, e, _)) if *seq == cursor + rows.len() as u64 && *e == epoch => {}
-                _ => break,
-            }
-            let Some((seq, _, q)) = fresh.pop_front() else { break };
-            rows.push((seq, q));
+        while rows.len() < limit && fresh.front().is_some_and(|(seq, _)| *seq == cursor + rows.len() as u64) {
+            rows.extend(fresh.pop_front());
         }
         (!rows.is_empty()).then_some(rows)
     }
@@ -308,8 +302,8 @@ impl Router {
     }
 
     /// Subscriber-side back-pressure of the fan-out: waits until each queue in `wants` (client →
-    /// messages about to be queued) has room for them under `limit`, at most `patience`. Only queues that drain are waited for — whose receiver acknowledged within the
-    /// patience — so an offline session's queue overflows as configured (oldest dropped, counted)
+    /// messages about to be queued) has room for them under `limit`, at most `patience`. Only
+    /// queues that drain are waited for — whose receiver acknowledged within the patience — so an offline session's queue overflows as configured (oldest dropped, counted)
     /// instead of holding everyone back, and a receiver that let a round wait out the whole
     /// patience is not waited for during the next ten.
     pub async fn wait_queue_room(
@@ -657,11 +651,11 @@ impl Hooks for Router {
             let local = self.local.lock();
             for (client, owner, rows) in p.clients {
                 if let Some(c) = local.get(&client) {
-                    // Only to the connection that owns the session: epochs restart at 1 when a
-                    // session is deleted, so an epoch alone does not tell an earlier session's
-                    // rows (enqueued before its end committed) from the new one's.
+                    // Only to the connection that owns the session (node and connection ids are
+                    // unique; epochs are not: they restart at 1 when a session is deleted), never
+                    // rows of an earlier session with the same client id.
                     if owner.node == self.node_id && owner.conn == c.conn {
-                        c.hand_over(owner.epoch, rows);
+                        c.hand_over(rows);
                     }
                     c.wake.notify_one();
                 }
@@ -894,7 +888,7 @@ mod tests {
     }
 
     #[test]
-    fn committed_rows_reach_the_connection_and_continue_its_cursor_only() {
+    fn committed_rows_reach_the_owning_connection_and_continue_its_cursor_only() {
         let r = Router::new(1, MqttMetrics::unregistered());
         let (live, _live_rx) = mpsc::channel(1);
         let (kick, _kick_rx) = watch::channel(None);
@@ -902,33 +896,32 @@ mod tests {
         r.register("a", c.clone());
         let q = |seq: u64| (seq, Queued { msg: msg("t", 1), qos: 1, retain: false, sub_ids: vec![] });
         let seqs = |rows: Option<QueueRows>| rows.map(|r| r.into_iter().map(|(s, _)| s).collect::<Vec<_>>());
-        let owner = |epoch: u64| Owner { node: 1, conn: 7, epoch };
+        let mine = Owner { node: 1, conn: 7, epoch: 2 };
         // Not handed over before the group's writes are committed.
-        r.queue_appended(1, "a", owner(2), vec![q(5), q(6), q(7)]);
-        r.queue_appended(1, "other", owner(2), vec![q(0)]);
-        assert_eq!(seqs(c.take_fresh(5, 2, 10)), None);
+        r.queue_appended(1, "a", mine, vec![q(5), q(6), q(7)]);
+        r.queue_appended(1, "other", mine, vec![q(0)]);
+        assert_eq!(seqs(c.take_fresh(5, 10)), None);
         r.committed(1);
         // A cursor behind the first row reads the queue instead; the rows stay.
-        assert_eq!(seqs(c.take_fresh(4, 2, 10)), None);
-        assert_eq!(seqs(c.take_fresh(5, 2, 2)), Some(vec![5, 6]), "at most the limit, in order");
-        // Rows of another epoch (an earlier session with the same id) are never delivered.
-        r.queue_appended(1, "a", owner(3), vec![q(8)]);
-        r.committed(1);
-        assert_eq!(seqs(c.take_fresh(7, 2, 10)), Some(vec![7]), "stops at the epoch change");
-        assert_eq!(seqs(c.take_fresh(8, 2, 10)), None);
-        assert!(c.fresh.lock().is_empty(), "the stale row was dropped");
-        // Nor rows of a session another connection owns (epochs restart when a session is
-        // deleted, so a clean session's rows could carry this connection's epoch).
-        r.queue_appended(1, "a", Owner { node: 1, conn: 6, epoch: 3 }, vec![q(0)]);
-        r.queue_appended(1, "a", Owner { node: 2, conn: 7, epoch: 3 }, vec![q(0)]);
+        assert_eq!(seqs(c.take_fresh(4, 10)), None);
+        assert_eq!(seqs(c.take_fresh(5, 2)), Some(vec![5, 6]), "at most the limit, in order");
+        assert_eq!(seqs(c.take_fresh(7, 10)), Some(vec![7]));
+        // Never rows of a session another connection owns: epochs restart when a session is
+        // deleted, so an earlier clean session's rows could carry this connection's epoch.
+        r.queue_appended(1, "a", Owner { conn: 6, ..mine }, vec![q(8)]);
+        r.queue_appended(1, "a", Owner { node: 2, ..mine }, vec![q(8)]);
         r.committed(1);
         assert!(c.fresh.lock().is_empty(), "not handed over");
+        // A gap (rows that were dropped, or taken and not sent) reads the queue.
+        r.queue_appended(1, "a", mine, vec![q(10)]);
+        r.committed(1);
+        assert_eq!(seqs(c.take_fresh(8, 10)), None);
         // Bounded: the oldest rows go first.
-        r.queue_appended(1, "a", owner(3), (0..FRESH_ROWS as u64 + 10).map(q).collect());
+        r.queue_appended(1, "a", mine, (0..FRESH_ROWS as u64 + 10).map(q).collect());
         r.committed(1);
         assert_eq!(c.fresh.lock().len(), FRESH_ROWS);
-        assert_eq!(seqs(c.take_fresh(0, 3, 1)), None);
-        assert_eq!(seqs(c.take_fresh(10, 3, 1)), Some(vec![10]));
+        assert_eq!(seqs(c.take_fresh(0, 1)), None);
+        assert_eq!(seqs(c.take_fresh(10, 1)), Some(vec![10]));
     }
 
     #[test]
