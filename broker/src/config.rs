@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use ironhub_raft::{BatchConfig, NodeId, Timing};
+use ironhub_raft::{BatchConfig, NodeId, StateCacheLimits, Timing};
 use ironhub_storage::log_store::CacheLimits;
 use serde::{Deserialize, Serialize};
 
@@ -32,6 +32,9 @@ pub struct Config {
     pub batch: BatchConfig,
     /// How much of each raft group's written log stays in memory (`[log_cache]`).
     pub log_cache: CacheLimits,
+    /// How many decoded values (sessions) of each group's state apply keeps in memory
+    /// (`[state_cache]`).
+    pub state_cache: StateCacheLimits,
     /// MQTT limits and behaviour (`[mqtt]`).
     pub mqtt: Mqtt,
     /// Logging.
@@ -192,6 +195,7 @@ impl Default for Config {
             raft: Timing::default(),
             batch: BatchConfig::default(),
             log_cache: CacheLimits::default(),
+            state_cache: StateCacheLimits::default(),
             mqtt: Mqtt::default(),
             log: Log::default(),
         }
@@ -462,6 +466,14 @@ mod tests {
     fn unknown_keys_are_refused() {
         assert!(toml::from_str::<Config>("nod_id = 3").is_err());
         assert!(toml::from_str::<Config>("[log_cache]\nbyte = 1").is_err());
+        assert!(toml::from_str::<Config>("[state_cache]\nentry = 1").is_err());
+    }
+
+    #[test]
+    fn state_cache_entries_parse_and_default_to_20000() {
+        assert_eq!(Config::default().state_cache.entries, 20_000);
+        let c: Config = toml::from_str("[state_cache]\nentries = 0").expect("parse");
+        assert_eq!(c.state_cache.entries, 0, "0 turns the cache off");
     }
 
     #[test]

@@ -110,6 +110,7 @@ pub async fn serve(mut cfg: Config) -> anyhow::Result<()> {
         timing: cfg.raft.clone(),
         batch: cfg.batch.clone(),
         log_cache: cfg.log_cache.clone(),
+        state_cache: cfg.state_cache.clone(),
     };
     let mqtt_metrics = MqttMetrics::new(&registry).context("registering MQTT metrics")?;
     // The route view is kept by apply, so it exists before the node starts applying.

@@ -77,6 +77,7 @@ async fn main() {
             timing: Timing::default(),
             batch: Default::default(),
             log_cache: Default::default(),
+            state_cache: Default::default(),
         };
         nodes.push(RaftNode::start(cfg, Arc::new(Sink), &reg).await.expect("node"));
         registries.push(reg);

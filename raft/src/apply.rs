@@ -1,9 +1,14 @@
 //! The [`Apply`] trait the broker implements, and the transaction it applies through.
 
-use std::collections::BTreeMap;
+use std::any::Any;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use bytes::Bytes;
-use ironhub_storage::{keys, KvEngine, StorageError, WriteBatch};
+use ironhub_storage::{codec, keys, KvEngine, StorageError, WriteBatch};
+use parking_lot::Mutex;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
 use crate::types::GroupId;
 
@@ -77,12 +82,76 @@ impl StateView<'_> {
     }
 }
 
+/// How many decoded values of each group's state apply keeps in memory (the `[state_cache]`
+/// section of the configuration file).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StateCacheLimits {
+    /// Values kept per group (default 20,000; 0 turns the cache off).
+    pub entries: usize,
+}
+
+impl Default for StateCacheLimits {
+    fn default() -> Self {
+        Self { entries: 20_000 }
+    }
+}
+
+/// A decoded value as cached.
+type Decoded = Arc<dyn Any + Send + Sync>;
+
+/// Values of one group's state that apply read with [`StateTxn::get_decoded`] or wrote with
+/// [`StateTxn::put_encoded`], decoded, as stored: a value a transaction writes enters only once its
+/// batch is written ([`StateTxn::publish_decoded`]); a batch that fails leaves the cache as it was.
+/// Apply of a group is serial (the state machine's lock), and so is every change of the cache;
+/// an install of a snapshot clears it.
+pub struct DecodedCache {
+    values: Mutex<HashMap<Vec<u8>, Decoded>>,
+    capacity: usize,
+}
+
+impl DecodedCache {
+    /// An empty cache.
+    pub fn new(limits: &StateCacheLimits) -> Self {
+        Self { values: Mutex::new(HashMap::new()), capacity: limits.entries }
+    }
+
+    fn get(&self, key: &[u8]) -> Option<Decoded> {
+        self.values.lock().get(key).cloned()
+    }
+
+    fn insert(values: &mut HashMap<Vec<u8>, Decoded>, capacity: usize, key: Vec<u8>, value: Decoded) {
+        if capacity == 0 {
+            return;
+        }
+        if values.len() >= capacity && !values.contains_key(&key) {
+            // Full: make room by dropping any one value (it is read from the engine when needed).
+            if let Some(old) = values.keys().next().cloned() {
+                values.remove(&old);
+            }
+        }
+        values.insert(key, value);
+    }
+
+    /// Forgets every value (the group's state was replaced).
+    pub(crate) fn clear(&self) {
+        self.values.lock().clear();
+    }
+}
+
 /// The writes of one applied entry: reads see earlier writes of the same entry.
 pub struct StateTxn<'a> {
     view: StateView<'a>,
     overlay: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
     raw_overlay: BTreeMap<Vec<u8>, Vec<u8>>,
     pub(crate) batch: WriteBatch,
+    cache: Option<&'a DecodedCache>,
+    /// Values this transaction wrote with [`StateTxn::put_encoded`] (keys it wrote otherwise are
+    /// only in `overlay`).
+    decoded: HashMap<Vec<u8>, Decoded>,
+    /// Reads served from the cache, and reads that decoded a stored value.
+    pub(crate) cache_hits: u64,
+    pub(crate) cache_misses: u64,
 }
 
 impl<'a> StateTxn<'a> {
@@ -92,6 +161,72 @@ impl<'a> StateTxn<'a> {
             overlay: BTreeMap::new(),
             raw_overlay: BTreeMap::new(),
             batch: WriteBatch::default(),
+            cache: None,
+            decoded: HashMap::new(),
+            cache_hits: 0,
+            cache_misses: 0,
+        }
+    }
+
+    /// A transaction that reads decoded values through `cache` (see [`DecodedCache`]).
+    pub(crate) fn with_cache(engine: &'a dyn KvEngine, group: GroupId, cache: &'a DecodedCache) -> Self {
+        Self { cache: Some(cache), ..Self::new(engine, group) }
+    }
+
+    /// Reads and decodes one application key (`what` names it in errors), seeing this
+    /// transaction's own writes. A value decoded before — read or written by an earlier batch of
+    /// this group's apply — comes from memory, not from the engine.
+    pub fn get_decoded<T>(&mut self, key: &[u8], what: &str) -> Result<Option<T>, StorageError>
+    where
+        T: DeserializeOwned + Clone + Send + Sync + 'static,
+    {
+        if let Some(v) = self.decoded.get(key).and_then(|v| v.downcast_ref::<T>()) {
+            self.cache_hits += 1;
+            return Ok(Some(v.clone()));
+        }
+        let untouched = !self.overlay.contains_key(key);
+        if untouched {
+            if let Some(v) = self.cache.and_then(|c| c.get(key)) {
+                if let Some(v) = v.downcast_ref::<T>() {
+                    self.cache_hits += 1;
+                    return Ok(Some(v.clone()));
+                }
+            }
+        }
+        self.cache_misses += 1;
+        let value: Option<T> = self.get(key)?.map(|raw| codec::decode(&raw, what)).transpose()?;
+        if let (true, Some(cache), Some(v)) = (untouched, self.cache, value.as_ref()) {
+            // As stored (no write of this transaction touched it): valid for later batches too.
+            let mut values = cache.values.lock();
+            DecodedCache::insert(&mut values, cache.capacity, key.to_vec(), Arc::new(v.clone()));
+        }
+        Ok(value)
+    }
+
+    /// Encodes and writes one application key, keeping the value decoded for later reads.
+    pub fn put_encoded<T>(&mut self, key: &[u8], value: T) -> Result<(), StorageError>
+    where
+        T: Serialize + Send + Sync + 'static,
+    {
+        self.put(key, &codec::encode(&value)?);
+        if self.cache.is_some() {
+            self.decoded.insert(key.to_vec(), Arc::new(value));
+        }
+        Ok(())
+    }
+
+    /// After this transaction's batch was written: the values it wrote replace those cached,
+    /// and keys it wrote or deleted otherwise leave the cache.
+    pub(crate) fn publish_decoded(&mut self) {
+        let Some(cache) = self.cache else { return };
+        let mut values = cache.values.lock();
+        for (key, _) in std::mem::take(&mut self.overlay) {
+            match self.decoded.remove(&key) {
+                Some(v) => DecodedCache::insert(&mut values, cache.capacity, key, v),
+                None => {
+                    values.remove(&key);
+                }
+            }
         }
     }
 
@@ -119,12 +254,18 @@ impl<'a> StateTxn<'a> {
     pub fn put(&mut self, key: &[u8], value: &[u8]) {
         self.batch.put(app_key(self.view.group, key), value.to_vec());
         self.overlay.insert(key.to_vec(), Some(value.to_vec()));
+        if !self.decoded.is_empty() {
+            self.decoded.remove(key);
+        }
     }
 
     /// Deletes one application key.
     pub fn delete(&mut self, key: &[u8]) {
         self.batch.delete(app_key(self.view.group, key));
         self.overlay.insert(key.to_vec(), None);
+        if !self.decoded.is_empty() {
+            self.decoded.remove(key);
+        }
     }
 
     /// The group being applied.
@@ -171,10 +312,19 @@ impl<'a> StateTxn<'a> {
         Self::new(engine, group)
     }
 
-    /// Writes the transaction's batch (tests only).
+    /// A transaction over `engine` for `group` reading decoded values through `cache`, as apply's
+    /// are (tests only).
     #[doc(hidden)]
-    pub fn commit_for_test(self) -> Result<(), StorageError> {
-        self.view.engine.write(&self.batch, false)
+    pub fn for_test_cached(engine: &'a dyn KvEngine, group: GroupId, cache: &'a DecodedCache) -> Self {
+        Self::with_cache(engine, group, cache)
+    }
+
+    /// Writes the transaction's batch, then lets its decoded values into the cache (tests only).
+    #[doc(hidden)]
+    pub fn commit_for_test(mut self) -> Result<(), StorageError> {
+        self.view.engine.write(&self.batch, false)?;
+        self.publish_decoded();
+        Ok(())
     }
 
     /// True if the transaction wrote nothing (tests only).

@@ -31,7 +31,7 @@ pub mod testing;
 pub mod transport;
 pub mod types;
 
-pub use apply::{Apply, ApplyContext, StateTxn, StateView};
+pub use apply::{Apply, ApplyContext, DecodedCache, StateCacheLimits, StateTxn, StateView};
 pub use batcher::{BatchConfig, Pending};
 pub use bootstrap::group_voters;
 pub use error::{NodeError, ProposeError};

@@ -35,6 +35,9 @@ pub struct RaftMetrics {
     pub fsync_seconds: prometheus::Gauge,
     rpc_seconds: HistogramVec,
     rpc_errors: IntCounterVec,
+    /// Reads of decoded state by apply: served from memory, or read and decoded.
+    state_cache_hits: prometheus::IntCounter,
+    state_cache_misses: prometheus::IntCounter,
 }
 
 fn group_label(group: u16) -> String {
@@ -44,6 +47,14 @@ fn group_label(group: u16) -> String {
 impl RaftMetrics {
     /// Creates the metrics and registers them in `registry`.
     pub fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let state_cache = IntCounterVec::new(
+            Opts::new(
+                "ironhub_raft_state_cache_total",
+                "Reads of decoded state by apply: hit (from memory) or miss (read and decoded)",
+            ),
+            &["result"],
+        )?;
+        registry.register(Box::new(state_cache.clone()))?;
         let buckets =
             vec![0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
         let m = Self {
@@ -125,6 +136,8 @@ impl RaftMetrics {
                 "ironhub_storage_fsync_seconds",
                 "Seconds spent in log fsync",
             )?,
+            state_cache_hits: state_cache.with_label_values(&["hit"]),
+            state_cache_misses: state_cache.with_label_values(&["miss"]),
         };
         registry.register(Box::new(m.commands.clone()))?;
         registry.register(Box::new(m.entries.clone()))?;
@@ -159,6 +172,11 @@ impl RaftMetrics {
         self.entries.with_label_values(&[&g]).inc_by(entries);
         self.commands.with_label_values(&[&g]).inc_by(commands);
         self.apply_seconds.with_label_values(&[&g]).observe(took.as_secs_f64());
+    }
+
+    pub(crate) fn observe_state_cache(&self, hits: u64, misses: u64) {
+        self.state_cache_hits.inc_by(hits);
+        self.state_cache_misses.inc_by(misses);
     }
 
     pub(crate) fn observe_commit(&self, group: u16, took: Duration) {

@@ -106,6 +106,8 @@ pub struct NodeConfig {
     pub batch: BatchConfig,
     /// How much of each group's written log stays in memory.
     pub log_cache: ironhub_storage::log_store::CacheLimits,
+    /// How many decoded values of each group's state apply keeps in memory.
+    pub state_cache: crate::apply::StateCacheLimits,
 }
 
 pub(crate) struct Group {
@@ -332,9 +334,12 @@ impl RaftNode {
             let sm_dir = config.data_dir.join("snapshots").join(format!("g{g}"));
             let sm = {
                 let (engine, app, metrics) = (engine.clone(), app.clone(), metrics.clone());
-                tokio::task::spawn_blocking(move || GroupStateMachine::open(g, engine, app, sm_dir, metrics))
-                    .await
-                    .map_err(|e| NodeError::Raft { group: g, reason: e.to_string() })??
+                let cache = config.state_cache.clone();
+                tokio::task::spawn_blocking(move || {
+                    GroupStateMachine::open(g, engine, app, sm_dir, metrics, &cache)
+                })
+                .await
+                .map_err(|e| NodeError::Raft { group: g, reason: e.to_string() })??
             };
             let factory = GroupNetworkFactory {
                 net: net.clone(),

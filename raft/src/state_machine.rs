@@ -19,7 +19,7 @@ use openraft::EntryPayload;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
-use crate::apply::{raft_data_key, Apply, ApplyContext, StateTxn, StateView};
+use crate::apply::{raft_data_key, Apply, ApplyContext, DecodedCache, StateCacheLimits, StateTxn, StateView};
 use crate::membership;
 use crate::metrics::RaftMetrics;
 use crate::types::{
@@ -52,6 +52,8 @@ struct Shared {
     /// The snapshot file the current one replaced, kept until the next replacement: a transfer to a
     /// follower that started with it can still read it.
     retired: Mutex<Option<PathBuf>>,
+    /// Decoded values of the group's state, for apply.
+    cache: DecodedCache,
 }
 
 /// The state machine of one raft group (cheap to clone: all clones share one state).
@@ -82,6 +84,7 @@ impl GroupStateMachine {
         app: Arc<dyn Apply>,
         snapshot_dir: PathBuf,
         metrics: RaftMetrics,
+        cache: &StateCacheLimits,
     ) -> Result<Self, StorageError> {
         std::fs::create_dir_all(&snapshot_dir).map_err(|e| StorageError::Io {
             what: format!("create {}", snapshot_dir.display()),
@@ -96,6 +99,7 @@ impl GroupStateMachine {
                 lock: Mutex::new(()),
                 metrics,
                 retired: Mutex::new(None),
+                cache: DecodedCache::new(cache),
             }),
         };
         if let Some(path) = snapshot::interrupted_install(sm.shared.engine.as_ref(), group)? {
@@ -138,7 +142,7 @@ impl GroupStateMachine {
         let s = &self.shared;
         let _guard = s.lock.lock();
         let started = Instant::now();
-        let mut txn = StateTxn::new(s.engine.as_ref(), s.group);
+        let mut txn = StateTxn::with_cache(s.engine.as_ref(), s.group, &s.cache);
         let mut out = Vec::with_capacity(entries.len());
         let mut commands = 0u64;
         let mut last = None;
@@ -172,6 +176,8 @@ impl GroupStateMachine {
             txn.batch.put(keys::raft_key(s.group, keys::RaftTag::Applied), codec::encode(&Some(last))?);
         }
         s.engine.write(&txn.batch, false)?;
+        txn.publish_decoded();
+        s.metrics.observe_state_cache(txn.cache_hits, txn.cache_misses);
         s.app.committed(s.group);
         s.metrics.observe_apply(s.group, entries.len() as u64, commands, started.elapsed());
         Ok(out)
@@ -315,6 +321,8 @@ impl GroupStateMachine {
             })?;
         }
         let previous = self.current()?;
+        // Whatever happens to the install, the state it replaces is not the cache's any more.
+        s.cache.clear();
         self.install_file(meta, &target)?;
         self.remove_old(previous, &target, true);
         let view = StateView { engine: s.engine.as_ref(), group: s.group };

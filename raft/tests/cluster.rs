@@ -77,6 +77,7 @@ impl TestCluster {
             timing: self.timing.clone(),
             batch: BatchConfig::default(),
             log_cache: Default::default(),
+            state_cache: Default::default(),
         };
         let node = RaftNode::start_on(
             cfg,

@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -12,7 +12,8 @@ use ironhub_raft::metrics::RaftMetrics;
 use ironhub_raft::types::{BatchResponse, Entry, LogId, SnapshotMeta, StoredMembership};
 use ironhub_raft::{
     Apply, ApplyContext, Body, CommandBatch, GroupId, GroupStateMachine, MembershipChange, MembershipPlan,
-    NodeAddr, NodeId, Proposal, ProposalId, StateTxn, StateView, SystemCommand, TypeConfig, META_GROUP,
+    NodeAddr, NodeId, Proposal, ProposalId, StateCacheLimits, StateTxn, StateView, SystemCommand, TypeConfig,
+    META_GROUP,
 };
 use ironhub_storage::engine::{KvPair, ScanVisitor};
 use ironhub_storage::keys::{self, RaftTag};
@@ -54,8 +55,10 @@ impl Apply for Counters {
         if command == b"boom" {
             return Err(StorageError::corrupt("test command", "boom"));
         }
-        let next = read_counter(txn.get(command)?)? + 1;
-        txn.put(command, &next.to_be_bytes());
+        // Through the decoded-state cache: a failed batch or an installed snapshot must not
+        // leave a counter's value behind in it (the tests below would count from a wrong value).
+        let next = txn.get_decoded::<u64>(command, "counter")?.unwrap_or(0) + 1;
+        txn.put_encoded(command, next)?;
         if self.pad > 0 {
             let mut k = b"pad/".to_vec();
             k.extend_from_slice(command);
@@ -69,15 +72,6 @@ impl Apply for Counters {
         let n = state.scan(b"", b"\xff", usize::MAX)?.len();
         self.restores.lock().push((group, n));
         Ok(())
-    }
-}
-
-fn read_counter(v: Option<Vec<u8>>) -> Result<u64, StorageError> {
-    match v {
-        None => Ok(0),
-        Some(v) => <[u8; 8]>::try_from(v.as_slice())
-            .map(u64::from_be_bytes)
-            .map_err(|_| StorageError::corrupt("counter", format!("{} bytes, want 8", v.len()))),
     }
 }
 
@@ -97,7 +91,8 @@ fn open_engine(kind: Kind, dir: &Path) -> Arc<dyn KvEngine> {
 }
 
 fn open_sm(group: GroupId, engine: Arc<dyn KvEngine>, app: Arc<Counters>, dir: &Path) -> GroupStateMachine {
-    GroupStateMachine::open(group, engine, app, dir.join("snapshots"), RaftMetrics::unregistered())
+    let cache = StateCacheLimits::default();
+    GroupStateMachine::open(group, engine, app, dir.join("snapshots"), RaftMetrics::unregistered(), &cache)
         .expect("open state machine")
 }
 
@@ -124,7 +119,7 @@ impl Sm {
 
     fn counter(&self, group: GroupId, name: &str) -> u64 {
         let v = StateView::for_test(self.engine.as_ref(), group).get(name.as_bytes()).expect("read counter");
-        read_counter(v).expect("decode counter")
+        v.map_or(0, |v| ironhub_storage::codec::decode(&v, "counter").expect("decode counter"))
     }
 }
 
@@ -214,6 +209,7 @@ impl StoreBuilder<C, LogStore<C>, GroupStateMachine, TempDir> for SuiteBuilder {
             Arc::new(Counters::default()),
             dir.path().join("snapshots"),
             RaftMetrics::unregistered(),
+            &StateCacheLimits::default(),
         )
         .map_err(suite_err)?;
         Ok((dir, store, sm))
@@ -338,6 +334,50 @@ async fn a_failed_apply_writes_nothing_of_its_entries() {
 
 // ---------------------------------------------------------------------------------------------
 // 3. Idempotent proposals.
+
+/// A memory engine whose next write fails when asked to (a full disk, say).
+#[derive(Default)]
+struct FailingWrites {
+    inner: MemEngine,
+    fail_next: AtomicBool,
+}
+
+impl KvEngine for FailingWrites {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        self.inner.get(key)
+    }
+    fn write(&self, batch: &WriteBatch, sync: bool) -> Result<(), StorageError> {
+        if self.fail_next.swap(false, Ordering::SeqCst) {
+            return Err(StorageError::Engine { op: "write", what: "test".into(), msg: "disk full".into() });
+        }
+        self.inner.write(batch, sync)
+    }
+    fn flush_wal(&self, sync: bool) -> Result<(), StorageError> {
+        self.inner.flush_wal(sync)
+    }
+    fn scan(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<KvPair>, StorageError> {
+        self.inner.scan(start, end, limit)
+    }
+    fn scan_consistent(&self, start: &[u8], end: &[u8], f: &mut ScanVisitor<'_>) -> Result<(), StorageError> {
+        self.inner.scan_consistent(start, end, f)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn values_of_a_batch_whose_write_failed_are_not_read_back() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let engine = Arc::new(FailingWrites::default());
+    let sm = open_sm(G, engine.clone(), Arc::new(Counters::default()), dir.path());
+    assert_eq!(
+        answers(&sm, vec![normal(1, 1, vec![app("a"), app("a")])]).await,
+        vec![resp(&["a=1@1.0", "a=2@1.1"])]
+    );
+    engine.fail_next.store(true, Ordering::SeqCst);
+    let err = apply_answers(&sm, vec![normal(1, 2, vec![app("a")])]).await.expect_err("write fails");
+    assert!(err.to_string().contains("disk full"), "{err}");
+    // Applied again (a restarted apply, say): counted from the stored value, not the lost write.
+    assert_eq!(answers(&sm, vec![normal(1, 2, vec![app("a")])]).await, vec![resp(&["a=3@2.0"])]);
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_proposal_id_applies_once_and_replays_its_first_response() {
@@ -477,11 +517,18 @@ async fn snapshot_round_trip(src_kind: Kind, dst_kind: Kind) {
         assert_eq!(files, want, "{ctx}: snapshot files in {}", s.dir.path().display());
     }
 
-    // The idempotency records travelled with the snapshot.
-    let got =
-        answers(&b.sm, vec![normal(3, 6, vec![with_id("b", 5, 1, 1), with_id("c", 5, 2, 8), app("b")])])
-            .await;
-    assert_eq!(got, vec![resp(&["b=1@3.1", "", "b=2@6.2"])], "{ctx}");
+    // The idempotency records travelled with the snapshot; B counts on from the installed
+    // state, not from values it had decoded before the install ("a" was 1, "stale" 1).
+    let got = answers(
+        &b.sm,
+        vec![normal(
+            3,
+            6,
+            vec![with_id("b", 5, 1, 1), with_id("c", 5, 2, 8), app("b"), app("a"), app("stale")],
+        )],
+    )
+    .await;
+    assert_eq!(got, vec![resp(&["b=1@3.1", "", "b=2@6.2", "a=3@6.3", "stale=1@6.4"])], "{ctx}");
 
     // Restart whichever side is on RocksDB: its current snapshot and state are still there.
     for (side, s, cur) in [("A", a, a_cur), ("B", b, b_cur)] {

@@ -25,7 +25,7 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use super::codec::{self, v5, Packet, Protocol, QoS};
-use super::router::{parse_shared, Live, LocalConn};
+use super::router::{parse_shared, Live, LocalConn, Next};
 use super::{now_ms, proto, Broker};
 use crate::state::session::{
     queue_key, queue_seq, Message, Owner, Props, QueueRows, Queued, SessionCommand, Sub, Will,
@@ -674,6 +674,7 @@ impl<W: AsyncWrite + Unpin> Conn<W> {
         self.owner.epoch = connected.epoch;
         local.epoch.store(connected.epoch, Ordering::Release);
         let s = &connected.session;
+        local.queue_ends_at(s.next_seq);
         self.cursor = s.head;
         self.head = s.head;
         self.acked_head = s.head;
@@ -1191,10 +1192,10 @@ impl<W: AsyncWrite + Unpin> Conn<W> {
     /// enqueued before this connection's `Connect`, or more than
     /// [`FRESH_ROWS`](super::router::FRESH_ROWS) behind).
     fn next_rows(&mut self, limit: usize) -> Result<QueueRows, End> {
-        let fresh = self.local.as_ref().and_then(|l| l.take_fresh(self.cursor, limit));
-        match fresh {
-            Some(rows) => Ok(rows),
-            None => read_queue(&self.b, self.group, &self.client, self.cursor, limit),
+        match self.local.as_ref().map_or(Next::Read, |l| l.next_rows(self.cursor, limit)) {
+            Next::Rows(rows) => Ok(rows),
+            Next::Empty => Ok(Vec::new()),
+            Next::Read => read_queue(&self.b, self.group, &self.client, self.cursor, limit),
         }
     }
 

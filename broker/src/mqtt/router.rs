@@ -82,8 +82,29 @@ pub struct LocalConn {
     /// When its session was established (after `Connect` applied).
     pub since: std::time::Instant,
     /// Rows just appended to the queue of the session it owns, handed over once committed so the
-    /// connection need not read them back; at most [`FRESH_ROWS`].
-    pub fresh: Mutex<VecDeque<(u64, Queued)>>,
+    /// connection need not read them back, and where that queue ends.
+    fresh: Mutex<Fresh>,
+}
+
+/// The end of a connection's queue as this node applied it, with its newest rows.
+#[derive(Default)]
+struct Fresh {
+    /// At most [`FRESH_ROWS`], in sequence order.
+    rows: VecDeque<(u64, Queued)>,
+    /// The queue's next sequence number: from the session at `Connect`, then from every `Enqueue`
+    /// to the session this connection owns (0 until the `Connect` applied).
+    tail: u64,
+}
+
+/// Where a connection's next queue rows come from ([`LocalConn::next_rows`]).
+#[derive(Debug, PartialEq, Eq)]
+pub enum Next {
+    /// Handed over by apply, continuing the cursor.
+    Rows(QueueRows),
+    /// None: the cursor is at the queue's end.
+    Empty,
+    /// Not in memory: read the queue.
+    Read,
 }
 
 /// Most rows a connection's [`LocalConn::fresh`] holds (a few receive windows); older ones are
@@ -101,31 +122,47 @@ impl LocalConn {
             kick,
             group,
             since: std::time::Instant::now(),
-            fresh: Mutex::new(VecDeque::new()),
+            fresh: Mutex::new(Fresh::default()),
         }
     }
 
-    fn hand_over(&self, rows: QueueRows) {
+    /// Records that the queue of the session this connection owns ends before `next_seq` (its
+    /// `Connect` applied with the queue so far; later rows arrive through [`Router::committed`]).
+    pub fn queue_ends_at(&self, next_seq: u64) {
         let mut fresh = self.fresh.lock();
-        fresh.extend(rows);
-        while fresh.len() > FRESH_ROWS {
-            fresh.pop_front();
+        fresh.tail = fresh.tail.max(next_seq);
+    }
+
+    fn hand_over(&self, rows: QueueRows, next_seq: u64) {
+        let mut fresh = self.fresh.lock();
+        fresh.tail = fresh.tail.max(next_seq);
+        fresh.rows.extend(rows);
+        while fresh.rows.len() > FRESH_ROWS {
+            fresh.rows.pop_front();
         }
     }
 
-    /// Up to `limit` handed-over rows that continue the queue at `cursor`, in order; `None` when
-    /// the row at `cursor` is not among them (read the queue instead). Rows before the cursor are
-    /// discarded.
-    pub fn take_fresh(&self, cursor: u64, limit: usize) -> Option<QueueRows> {
+    /// Up to `limit` handed-over rows that continue the queue at `cursor`, in order; [`Next::Empty`]
+    /// when the cursor is at the queue's end, [`Next::Read`] when the row at `cursor` is not in
+    /// memory. Rows before the cursor are discarded.
+    pub fn next_rows(&self, cursor: u64, limit: usize) -> Next {
         let mut fresh = self.fresh.lock();
-        while fresh.front().is_some_and(|(seq, _)| *seq < cursor) {
-            fresh.pop_front();
+        while fresh.rows.front().is_some_and(|(seq, _)| *seq < cursor) {
+            fresh.rows.pop_front();
         }
         let mut rows = Vec::new();
-        while rows.len() < limit && fresh.front().is_some_and(|(seq, _)| *seq == cursor + rows.len() as u64) {
-            rows.extend(fresh.pop_front());
+        while rows.len() < limit
+            && fresh.rows.front().is_some_and(|(seq, _)| *seq == cursor + rows.len() as u64)
+        {
+            rows.extend(fresh.rows.pop_front());
         }
-        (!rows.is_empty()).then_some(rows)
+        if !rows.is_empty() {
+            Next::Rows(rows)
+        } else if cursor >= fresh.tail {
+            Next::Empty
+        } else {
+            Next::Read
+        }
     }
 }
 
@@ -180,8 +217,8 @@ impl Default for Backlog {
 
 #[derive(Default)]
 struct Pending {
-    /// Receivers whose queues grew: client, session owner, appended rows.
-    clients: Vec<(String, Owner, QueueRows)>,
+    /// Receivers whose queues grew: client, session owner, next sequence number, appended rows.
+    clients: Vec<(String, Owner, u64, QueueRows)>,
     outbox: bool,
 }
 
@@ -610,8 +647,13 @@ impl Hooks for Router {
         self.set_fill(client, depth, acked);
     }
 
-    fn queue_appended(&self, group: GroupId, client: &str, owner: Owner, rows: QueueRows) {
-        self.pending.lock().entry(group).or_default().clients.push((client.to_string(), owner, rows));
+    fn queue_appended(&self, group: GroupId, client: &str, owner: Owner, next_seq: u64, rows: QueueRows) {
+        self.pending.lock().entry(group).or_default().clients.push((
+            client.to_string(),
+            owner,
+            next_seq,
+            rows,
+        ));
     }
 
     fn routes_changed(&self, group: GroupId, index: u64) {
@@ -649,13 +691,13 @@ impl Hooks for Router {
         }
         if !p.clients.is_empty() {
             let local = self.local.lock();
-            for (client, owner, rows) in p.clients {
+            for (client, owner, next_seq, rows) in p.clients {
                 if let Some(c) = local.get(&client) {
                     // Only to the connection that owns the session (node and connection ids are
                     // unique; epochs are not: they restart at 1 when a session is deleted), never
                     // rows of an earlier session with the same client id.
                     if owner.node == self.node_id && owner.conn == c.conn {
-                        c.hand_over(rows);
+                        c.hand_over(rows, next_seq);
                     }
                     c.wake.notify_one();
                 }
@@ -895,33 +937,50 @@ mod tests {
         let c = Arc::new(LocalConn::new(7, 1, live, kick));
         r.register("a", c.clone());
         let q = |seq: u64| (seq, Queued { msg: msg("t", 1), qos: 1, retain: false, sub_ids: vec![] });
-        let seqs = |rows: Option<QueueRows>| rows.map(|r| r.into_iter().map(|(s, _)| s).collect::<Vec<_>>());
+        let seqs = |next: Next| match next {
+            Next::Rows(rows) => Some(rows.into_iter().map(|(s, _)| s).collect::<Vec<_>>()),
+            other => {
+                assert_eq!(other, Next::Read);
+                None
+            }
+        };
         let mine = Owner { node: 1, conn: 7, epoch: 2 };
-        // Not handed over before the group's writes are committed.
-        r.queue_appended(1, "a", mine, vec![q(5), q(6), q(7)]);
-        r.queue_appended(1, "other", mine, vec![q(0)]);
-        assert_eq!(seqs(c.take_fresh(5, 10)), None);
+        // The Connect applied with rows 0..5 queued: they are read.
+        c.queue_ends_at(5);
+        assert_eq!(c.next_rows(0, 10), Next::Read);
+        assert_eq!(c.next_rows(5, 10), Next::Empty, "at the end: nothing to read");
+        // Not handed over (nor the end moved) before the group's writes are committed.
+        r.queue_appended(1, "a", mine, 8, vec![q(5), q(6), q(7)]);
+        r.queue_appended(1, "other", mine, 1, vec![q(0)]);
+        assert_eq!(c.next_rows(5, 10), Next::Empty);
         r.committed(1);
         // A cursor behind the first row reads the queue instead; the rows stay.
-        assert_eq!(seqs(c.take_fresh(4, 10)), None);
-        assert_eq!(seqs(c.take_fresh(5, 2)), Some(vec![5, 6]), "at most the limit, in order");
-        assert_eq!(seqs(c.take_fresh(7, 10)), Some(vec![7]));
-        // Never rows of a session another connection owns: epochs restart when a session is
-        // deleted, so an earlier clean session's rows could carry this connection's epoch.
-        r.queue_appended(1, "a", Owner { conn: 6, ..mine }, vec![q(8)]);
-        r.queue_appended(1, "a", Owner { node: 2, ..mine }, vec![q(8)]);
+        assert_eq!(seqs(c.next_rows(4, 10)), None);
+        assert_eq!(seqs(c.next_rows(5, 2)), Some(vec![5, 6]), "at most the limit, in order");
+        assert_eq!(seqs(c.next_rows(7, 10)), Some(vec![7]));
+        assert_eq!(c.next_rows(8, 10), Next::Empty);
+        // Never rows (nor the queue end) of a session another connection owns: epochs restart
+        // when a session is deleted, so an earlier clean session's rows could carry this
+        // connection's epoch.
+        r.queue_appended(1, "a", Owner { conn: 6, ..mine }, 9, vec![q(8)]);
+        r.queue_appended(1, "a", Owner { node: 2, ..mine }, 9, vec![q(8)]);
         r.committed(1);
-        assert!(c.fresh.lock().is_empty(), "not handed over");
+        assert_eq!(c.next_rows(8, 10), Next::Empty, "not handed over");
         // A gap (rows that were dropped, or taken and not sent) reads the queue.
-        r.queue_appended(1, "a", mine, vec![q(10)]);
+        r.queue_appended(1, "a", mine, 11, vec![q(10)]);
         r.committed(1);
-        assert_eq!(seqs(c.take_fresh(8, 10)), None);
+        assert_eq!(seqs(c.next_rows(8, 10)), None);
         // Bounded: the oldest rows go first.
-        r.queue_appended(1, "a", mine, (0..FRESH_ROWS as u64 + 10).map(q).collect());
+        r.queue_appended(1, "a", mine, FRESH_ROWS as u64 + 10, (0..FRESH_ROWS as u64 + 10).map(q).collect());
         r.committed(1);
-        assert_eq!(c.fresh.lock().len(), FRESH_ROWS);
-        assert_eq!(seqs(c.take_fresh(0, 1)), None);
-        assert_eq!(seqs(c.take_fresh(10, 1)), Some(vec![10]));
+        assert_eq!(c.fresh.lock().rows.len(), FRESH_ROWS);
+        assert_eq!(seqs(c.next_rows(0, 1)), None);
+        assert_eq!(seqs(c.next_rows(10, 1)), Some(vec![10]));
+        // A retried fan-out appends nothing; the end never moves back.
+        r.queue_appended(1, "a", mine, 3, vec![]);
+        r.committed(1);
+        assert_eq!(c.next_rows(FRESH_ROWS as u64 + 9, 1), Next::Rows(vec![q(FRESH_ROWS as u64 + 9)]));
+        assert_eq!(c.next_rows(FRESH_ROWS as u64 + 10, 1), Next::Empty);
     }
 
     #[test]

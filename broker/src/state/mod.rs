@@ -30,9 +30,18 @@ pub trait Hooks: Send + Sync + 'static {
     /// A session ended (deleted with its queue).
     fn session_ended(&self, _group: GroupId, _client: &str) {}
     /// `rows` (sequence number, entry) were appended to the queue of `client`, whose session has
-    /// `owner` (readable once `committed` is called); empty when the fan-out was a retry. Rows the
-    /// same command dropped again (queue overflow) are not among them.
-    fn queue_appended(&self, _group: GroupId, _client: &str, _owner: Owner, _rows: session::QueueRows) {}
+    /// `owner` and whose queue now ends before `next_seq` (readable once `committed` is called);
+    /// empty when the fan-out was a retry. Rows the same command dropped again (queue overflow)
+    /// are not among them.
+    fn queue_appended(
+        &self,
+        _group: GroupId,
+        _client: &str,
+        _owner: Owner,
+        _next_seq: u64,
+        _rows: session::QueueRows,
+    ) {
+    }
     /// `client`'s queue holds `depth` messages after an enqueue or, with `acked`, after its
     /// receiver's acknowledgement cursor moved (other session changes report the depth through
     /// `session_changed`).

@@ -432,14 +432,14 @@ pub const OUTBOX: (&[u8], &[u8]) = (b"o/", b"o0");
 /// Key of the last fanned-out message id.
 pub const OUTBOX_DONE: &[u8] = b"od";
 
-/// Reads a session.
-pub fn load_session(txn: &StateTxn<'_>, client: &str) -> Result<Option<Session>, StorageError> {
-    txn.get(&session_key(client))?.map(|v| codec::decode(&v, "session")).transpose()
+/// Reads a session (decoded sessions stay in memory between commands: see
+/// [`StateTxn::get_decoded`]).
+pub fn load_session(txn: &mut StateTxn<'_>, client: &str) -> Result<Option<Session>, StorageError> {
+    txn.get_decoded(&session_key(client), "session")
 }
 
 fn save(txn: &mut StateTxn<'_>, client: &str, s: &Session) -> Result<(), StorageError> {
-    txn.put(&session_key(client), &codec::encode(s)?);
-    Ok(())
+    txn.put_encoded(&session_key(client), s.clone())
 }
 
 /// Deletes a session and its queue.
@@ -578,17 +578,14 @@ pub fn apply(
             }
             let Some(s) = s.as_mut() else { return Ok(Response::Stale) };
             let key = window_key(&client);
-            let mut window = match txn.get(&key)? {
-                Some(raw) => codec::decode::<PublishWindow>(&raw, "publish window")?,
-                None => PublishWindow::default(),
-            };
+            let mut window: PublishWindow = txn.get_decoded(&key, "publish window")?.unwrap_or_default();
             if window.conn != (owner.node, owner.conn) {
                 window = PublishWindow::for_conn((owner.node, owner.conn));
             }
             if !window.insert(seq) {
                 return Ok(Response::Duplicate);
             }
-            txn.put(&key, &codec::encode(&window)?);
+            txn.put_encoded(&key, window)?;
             if let Some(pkid) = qos2_pkid {
                 if !s.awaiting_rel.insert(pkid) {
                     return Ok(Response::Duplicate);
@@ -609,11 +606,8 @@ pub fn apply(
             Response::Flags(vec![found])
         }
         SessionCommand::Acked { client, owner, upto, sent_upto, rel } => {
-            let mut s = load_session(txn, &client)?;
-            if !owns(&s, &owner) {
-                return Ok(Response::Stale);
-            }
-            let Some(s) = s.as_mut() else { return Ok(Response::Stale) };
+            let s = load_session(txn, &client)?;
+            let Some(mut s) = s.filter(|s| s.owner == owner) else { return Ok(Response::Stale) };
             let upto = upto.min(s.next_seq);
             for seq in s.head..upto {
                 txn.delete(&queue_key(&client, seq));
@@ -622,8 +616,8 @@ pub fn apply(
             s.sent_upto = s.sent_upto.max(sent_upto.min(s.next_seq));
             s.rel.extend(rel.into_iter().filter(|r| *r >= s.head && *r < s.next_seq));
             s.rel = s.rel.split_off(&s.head);
-            save(txn, &client, s)?;
             hooks.queue_depth(txn.group(), &client, s.next_seq - s.head, true);
+            txn.put_encoded(&session_key(&client), s)?;
             applied
         }
         SessionCommand::Disconnect { client, owner, fire_will, expiry_s, at_ms } => {
@@ -706,11 +700,11 @@ pub fn apply(
                 }
             }
             for (client, (s, mut rows)) in sessions {
-                save(txn, &client, &s)?;
                 hooks.queue_depth(txn.group(), &client, s.next_seq - s.head, false);
                 // Rows that overflowed at once are not delivered (a read would not find them).
                 rows.retain(|(seq, _)| *seq >= s.head);
-                hooks.queue_appended(txn.group(), &client, s.owner, rows);
+                hooks.queue_appended(txn.group(), &client, s.owner, s.next_seq, rows);
+                txn.put_encoded(&session_key(&client), s)?;
             }
             if dropped > 0 {
                 hooks.queue_dropped(dropped);
@@ -743,7 +737,7 @@ mod tests {
     //! The takeover rules of DESIGN.md, each as a test of `apply`, and the queue/outbox invariants.
     use super::*;
     use crate::state::{Command, HubState};
-    use ironhub_raft::Apply;
+    use ironhub_raft::{Apply, DecodedCache, StateCacheLimits};
     use ironhub_storage::MemEngine;
     use parking_lot::Mutex;
     use std::sync::Arc;
@@ -757,9 +751,12 @@ mod tests {
         dropped: Mutex<u64>,
         /// Outbox messages appended and fanned out, as the hooks were told.
         outbox: Mutex<(u64, u64)>,
-        /// Rows handed to `queue_appended`: client, session epoch, sequence numbers.
-        appended: Mutex<Vec<(String, u64, Vec<u64>)>>,
+        /// Rows handed to `queue_appended`.
+        appended: Mutex<Vec<Appended>>,
     }
+
+    /// Client, session epoch, queue end, sequence numbers of the rows.
+    type Appended = (String, u64, u64, Vec<u64>);
 
     impl Hooks for Recorder {
         fn session_changed(&self, _g: GroupId, client: &str, s: &Session) {
@@ -768,10 +765,10 @@ mod tests {
         fn session_ended(&self, _g: GroupId, client: &str) {
             self.ended.lock().push(client.to_string());
         }
-        fn queue_appended(&self, _g: GroupId, client: &str, owner: Owner, rows: QueueRows) {
+        fn queue_appended(&self, _g: GroupId, client: &str, owner: Owner, next_seq: u64, rows: QueueRows) {
             self.woken.lock().push(client.to_string());
             let seqs = rows.into_iter().map(|(seq, _)| seq).collect();
-            self.appended.lock().push((client.to_string(), owner.epoch, seqs));
+            self.appended.lock().push((client.to_string(), owner.epoch, next_seq, seqs));
         }
         fn queue_dropped(&self, n: u64) {
             *self.dropped.lock() += n;
@@ -786,6 +783,7 @@ mod tests {
 
     struct Fixture {
         engine: MemEngine,
+        cache: DecodedCache,
         hooks: Arc<Recorder>,
         state: HubState,
         index: u64,
@@ -797,6 +795,7 @@ mod tests {
             let hooks = Arc::new(Recorder::default());
             Self {
                 engine: MemEngine::new(),
+                cache: DecodedCache::new(&StateCacheLimits::default()),
                 state: HubState::new(hooks.clone()),
                 hooks,
                 index: 0,
@@ -812,7 +811,9 @@ mod tests {
 
         fn apply(&mut self, cmd: SessionCommand) -> Response {
             self.index += 1;
-            let mut txn = StateTxn::for_test(&self.engine, 1);
+            // Through a cache of decoded sessions, as apply runs: every rule below is also checked
+            // against stale cached values.
+            let mut txn = StateTxn::for_test_cached(&self.engine, 1, &self.cache);
             let ctx = ApplyContext { group: 1, index: self.index, slot: 0 };
             let raw = Command::Session(cmd).encode().expect("encode");
             let out = self.state.apply(&ctx, &raw, &mut txn).expect("apply");
@@ -844,8 +845,9 @@ mod tests {
         }
 
         fn session(&self, client: &str) -> Option<Session> {
-            let txn = StateTxn::for_test(&self.engine, 1);
-            load_session(&txn, client).expect("load")
+            // As stored (not through the cache).
+            let mut txn = StateTxn::for_test(&self.engine, 1);
+            load_session(&mut txn, client).expect("load")
         }
 
         fn outbox(&self) -> Vec<Message> {
@@ -1092,7 +1094,7 @@ mod tests {
             .collect();
         f.apply(SessionCommand::Enqueue { source: 2, items, limit: 3 });
         assert_eq!(f.queue("d"), [2, 3, 4]);
-        assert_eq!(*f.hooks.appended.lock(), [("d".to_string(), 1, vec![2, 3, 4])]);
+        assert_eq!(*f.hooks.appended.lock(), [("d".to_string(), 1, 5, vec![2, 3, 4])]);
     }
 
     #[test]
@@ -1105,7 +1107,10 @@ mod tests {
         assert!(f.hooks.woken.lock().contains(&"c".to_string()), "its connection is woken");
         // The rows are handed over with the session's epoch (a connection may deliver them
         // without reading the queue back); the retry hands over nothing.
-        assert_eq!(*f.hooks.appended.lock(), [("c".to_string(), 1, vec![0]), ("c".to_string(), 1, vec![])]);
+        assert_eq!(
+            *f.hooks.appended.lock(),
+            [("c".to_string(), 1, 1, vec![0]), ("c".to_string(), 1, 1, vec![])]
+        );
         for i in 6..10 {
             enqueue(&mut f, (i, 0), &[("c", 1)]);
         }
