@@ -572,6 +572,19 @@ async fn limits_refuse_with_the_right_codes_and_every_metric_is_exported() {
 
     tokio::time::sleep(Duration::from_millis(1500)).await; // a timer tick sets the depth gauges
     let text = metrics_text(c.node(1)).await;
+    // The per-packet series (handles looked up once) count what went through: 10 QoS 1 PUBLISHes
+    // in, 5 delivered.
+    let at_least = |series: &str, n: f64| {
+        let v = sample(&text, series);
+        assert!(v.is_some_and(|v| v >= n), "{series} = {v:?}, want >= {n}");
+    };
+    at_least("ironhub_mqtt_packets_total{dir=\"in\",type=\"publish\"}", 10.0);
+    at_least("ironhub_mqtt_packets_total{dir=\"out\",type=\"puback\"}", 10.0);
+    at_least("ironhub_mqtt_messages_total{dir=\"in\",qos=\"1\"}", 10.0);
+    at_least("ironhub_mqtt_messages_total{dir=\"out\",qos=\"1\"}", 5.0);
+    at_least("ironhub_mqtt_bytes_total{dir=\"in\"}", 100.0);
+    at_least("ironhub_publish_deliver_seconds_count{qos=\"1\"}", 5.0);
+    at_least("ironhub_raft_state_cache_total{result=\"hit\"}", 1.0);
     // The API takes retained topics up to mqtt.max_topic_len (255), like MQTT.
     let long = "t".repeat(256);
     let r =

@@ -25,6 +25,7 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use super::codec::{self, v5, Packet, Protocol, QoS};
+use super::metrics::{Dir, PACKET_TYPES};
 use super::router::{parse_shared, Live, LocalConn, Next};
 use super::{now_ms, proto, Broker};
 use crate::state::session::{
@@ -272,7 +273,7 @@ async fn run<R, W>(
         tokio::select! {
             r = reader.read_buf(&mut buf) => match r {
                 Ok(0) => break End::Lost("closed by the client"),
-                Ok(n) => { b.router.metrics.bytes.with_label_values(&["in"]).inc_by(n as u64); }
+                Ok(n) => { b.router.metrics.hot.bytes(Dir::In, n as u64); }
                 Err(_) => break End::Lost("read failed"),
             },
             Some(reply) = pipeline.next(), if !pipeline.is_empty() => {
@@ -377,25 +378,30 @@ fn props_of(p: Option<v5::PublishProperties>) -> Props {
     }
 }
 
-fn packet_type(p: &v5::Packet) -> &'static str {
+/// The packet's position in [`PACKET_TYPES`].
+fn packet_index(p: &v5::Packet) -> usize {
     use v5::Packet as P;
     match p {
-        P::Connect(_) => "connect",
-        P::ConnAck(_) => "connack",
-        P::Publish(_) => "publish",
-        P::PubAck(_) => "puback",
-        P::PubRec(_) => "pubrec",
-        P::PubRel(_) => "pubrel",
-        P::PubComp(_) => "pubcomp",
-        P::Subscribe(_) => "subscribe",
-        P::SubAck(_) => "suback",
-        P::Unsubscribe(_) => "unsubscribe",
-        P::UnsubAck(_) => "unsuback",
-        P::PingReq => "pingreq",
-        P::PingResp => "pingresp",
-        P::Disconnect(_) => "disconnect",
-        P::Auth(_) => "auth",
+        P::Connect(_) => 0,
+        P::ConnAck(_) => 1,
+        P::Publish(_) => 2,
+        P::PubAck(_) => 3,
+        P::PubRec(_) => 4,
+        P::PubRel(_) => 5,
+        P::PubComp(_) => 6,
+        P::Subscribe(_) => 7,
+        P::SubAck(_) => 8,
+        P::Unsubscribe(_) => 9,
+        P::UnsubAck(_) => 10,
+        P::PingReq => 11,
+        P::PingResp => 12,
+        P::Disconnect(_) => 13,
+        P::Auth(_) => 14,
     }
+}
+
+fn packet_type(p: &v5::Packet) -> &'static str {
+    PACKET_TYPES[packet_index(p)]
 }
 
 fn encode(cmd: &Command) -> Result<bytes::Bytes, ProposeError> {
@@ -502,17 +508,18 @@ impl<W: AsyncWrite + Unpin> Conn<W> {
 
     /// Queues a packet for the client (dropped silently if it does not exist in 3.x).
     fn send(&mut self, p: v5::Packet) {
-        let kind = packet_type(&p);
+        let kind = packet_index(&p);
         if let v5::Packet::Publish(ref publish) = p {
-            self.b.router.metrics.messages.with_label_values(&["out", qos_label(qos_of(publish.qos))]).inc();
+            self.b.router.metrics.hot.message(Dir::Out, qos_of(publish.qos));
         }
         if let Some(packet) = proto::lower(p, self.protocol) {
             let start = self.out.len();
             match codec::write(&packet, &mut self.out) {
-                Ok(_) => self.b.router.metrics.packets.with_label_values(&["out", kind]).inc(),
+                Ok(_) => self.b.router.metrics.hot.packet(Dir::Out, kind),
                 Err(e) => {
                     // never leave half a packet in the stream
                     self.out.truncate(start);
+                    let kind = PACKET_TYPES[kind];
                     tracing::warn!(client = %self.client, "{kind} not encodable, not sent: {e:?}");
                 }
             }
@@ -520,7 +527,7 @@ impl<W: AsyncWrite + Unpin> Conn<W> {
     }
 
     fn count_in(&self, p: &v5::Packet) {
-        self.b.router.metrics.packets.with_label_values(&["in", packet_type(p)]).inc();
+        self.b.router.metrics.hot.packet(Dir::In, packet_index(p));
     }
 
     async fn flush(&mut self) -> std::io::Result<()> {
@@ -530,7 +537,7 @@ impl<W: AsyncWrite + Unpin> Conn<W> {
         let n = self.out.len();
         let r = self.writer.write_all(&self.out).await;
         self.out.clear();
-        self.b.router.metrics.bytes.with_label_values(&["out"]).inc_by(n as u64);
+        self.b.router.metrics.hot.bytes(Dir::Out, n as u64);
         r?;
         self.writer.flush().await
     }
@@ -851,7 +858,7 @@ impl<W: AsyncWrite + Unpin> Conn<W> {
     ) -> Result<(), End> {
         use v5::Packet as P;
         let qos = qos_of(p.qos);
-        self.b.router.metrics.messages.with_label_values(&["in", qos_label(qos)]).inc();
+        self.b.router.metrics.hot.message(Dir::In, qos);
         let mut topic = p.topic;
         let props = p.properties;
         if let Some(alias) = props.as_ref().and_then(|p| p.topic_alias) {
@@ -1121,12 +1128,7 @@ impl<W: AsyncWrite + Unpin> Conn<W> {
     ) -> Option<v5::Publish> {
         let v5 = self.protocol == Protocol::V5;
         let now = now_ms();
-        self.b
-            .router
-            .metrics
-            .deliver_latency
-            .with_label_values(&[qos_label(qos)])
-            .observe(now.saturating_sub(msg.at_ms) as f64 / 1000.0);
+        self.b.router.metrics.hot.deliver_latency(qos, now.saturating_sub(msg.at_ms) as f64 / 1000.0);
         let mut topic = msg.topic.clone();
         let mut new_alias = false;
         let properties = v5.then(|| {
@@ -1436,14 +1438,6 @@ fn v5_disconnect_code(code: u8) -> v5::DisconnectReasonCode {
         0x99 => D::PayloadFormatInvalid,
         0x9C => D::UseAnotherServer,
         _ => D::UnspecifiedError,
-    }
-}
-
-fn qos_label(q: u8) -> &'static str {
-    match q {
-        0 => "0",
-        1 => "1",
-        _ => "2",
     }
 }
 

@@ -40,30 +40,120 @@ pub struct MqttMetrics {
     /// held back by a draining receiver's full queue, `round_waited` (room came) or `round_slow`
     /// (queued anyway after the patience; that receiver is not waited for a while).
     pub fanout_held: IntCounterVec,
+    /// The series every packet touches, looked up once.
+    pub hot: PerPacket,
+}
+
+/// MQTT packet types, as the `type` label names them (the index [`PerPacket::packet`] takes).
+pub const PACKET_TYPES: [&str; 15] = [
+    "connect",
+    "connack",
+    "publish",
+    "puback",
+    "pubrec",
+    "pubrel",
+    "pubcomp",
+    "subscribe",
+    "suback",
+    "unsubscribe",
+    "unsuback",
+    "pingreq",
+    "pingresp",
+    "disconnect",
+    "auth",
+];
+
+/// Handles of the series counted for every packet and message, resolved when the metrics are
+/// made: a labelled lookup hashes its labels and takes a lock, several times per message.
+#[derive(Clone)]
+pub struct PerPacket {
+    packets: [Vec<IntCounter>; 2],
+    messages: [Vec<IntCounter>; 2],
+    bytes: [IntCounter; 2],
+    deliver_latency: Vec<Histogram>,
+}
+
+/// Direction of a packet: index of the `dir` label.
+#[derive(Clone, Copy)]
+pub enum Dir {
+    /// From the client.
+    In = 0,
+    /// To the client.
+    Out = 1,
+}
+
+impl PerPacket {
+    fn new(
+        packets: &IntCounterVec,
+        messages: &IntCounterVec,
+        bytes: &IntCounterVec,
+        latency: &HistogramVec,
+    ) -> Self {
+        let dirs = ["in", "out"];
+        let qos = ["0", "1", "2"];
+        let per = |f: &dyn Fn(&str) -> Vec<IntCounter>| [f(dirs[0]), f(dirs[1])];
+        Self {
+            packets: per(&|d| PACKET_TYPES.iter().map(|t| packets.with_label_values(&[d, t])).collect()),
+            messages: per(&|d| qos.iter().map(|q| messages.with_label_values(&[d, q])).collect()),
+            bytes: dirs.map(|d| bytes.with_label_values(&[d])),
+            deliver_latency: qos.iter().map(|q| latency.with_label_values(&[q])).collect(),
+        }
+    }
+
+    /// Counts a packet of type `PACKET_TYPES[kind]`.
+    pub fn packet(&self, dir: Dir, kind: usize) {
+        if let Some(c) = self.packets[dir as usize].get(kind) {
+            c.inc();
+        }
+    }
+
+    /// Counts a PUBLISH of QoS `qos`.
+    pub fn message(&self, dir: Dir, qos: u8) {
+        self.messages[dir as usize][usize::from(qos.min(2))].inc();
+    }
+
+    /// Counts bytes.
+    pub fn bytes(&self, dir: Dir, n: u64) {
+        self.bytes[dir as usize].inc_by(n);
+    }
+
+    /// Observes a publish-to-deliver latency at QoS `qos`.
+    pub fn deliver_latency(&self, qos: u8, seconds: f64) {
+        self.deliver_latency[usize::from(qos.min(2))].observe(seconds);
+    }
 }
 
 impl MqttMetrics {
     /// Registers the metrics on `registry`.
     pub fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
         let buckets = vec![0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0];
+        let packets = IntCounterVec::new(
+            Opts::new("ironhub_mqtt_packets_total", "MQTT packets by direction and type"),
+            &["dir", "type"],
+        )?;
+        let bytes =
+            IntCounterVec::new(Opts::new("ironhub_mqtt_bytes_total", "MQTT bytes by direction"), &["dir"])?;
+        let messages = IntCounterVec::new(
+            Opts::new("ironhub_mqtt_messages_total", "MQTT PUBLISH messages by direction and QoS"),
+            &["dir", "qos"],
+        )?;
+        let deliver_latency = HistogramVec::new(
+            HistogramOpts::new(
+                "ironhub_publish_deliver_seconds",
+                "From PUBLISH accepted to sent to a subscriber",
+            )
+            .buckets(buckets.clone()),
+            &["qos"],
+        )?;
         let m = Self {
             connections: IntGauge::new("ironhub_mqtt_connections", "Open MQTT connections")?,
             connects: IntCounterVec::new(
                 Opts::new("ironhub_mqtt_connects_total", "MQTT connection attempts by result"),
                 &["result"],
             )?,
-            packets: IntCounterVec::new(
-                Opts::new("ironhub_mqtt_packets_total", "MQTT packets by direction and type"),
-                &["dir", "type"],
-            )?,
-            bytes: IntCounterVec::new(
-                Opts::new("ironhub_mqtt_bytes_total", "MQTT bytes by direction"),
-                &["dir"],
-            )?,
-            messages: IntCounterVec::new(
-                Opts::new("ironhub_mqtt_messages_total", "MQTT PUBLISH messages by direction and QoS"),
-                &["dir", "qos"],
-            )?,
+            packets: packets.clone(),
+            bytes: bytes.clone(),
+            messages: messages.clone(),
             dropped: IntCounterVec::new(
                 Opts::new("ironhub_queue_dropped_total", "Messages dropped before delivery, by reason"),
                 &["reason"],
@@ -99,14 +189,7 @@ impl MqttMetrics {
                     .buckets(buckets.clone()),
                 &["step"],
             )?,
-            deliver_latency: HistogramVec::new(
-                HistogramOpts::new(
-                    "ironhub_publish_deliver_seconds",
-                    "From PUBLISH accepted to sent to a subscriber",
-                )
-                .buckets(buckets),
-                &["qos"],
-            )?,
+            deliver_latency: deliver_latency.clone(),
             takeovers: IntCounter::new("ironhub_mqtt_session_takeovers_total", "Sessions taken over")?,
             fanout_held: IntCounterVec::new(
                 Opts::new(
@@ -115,6 +198,7 @@ impl MqttMetrics {
                 ),
                 &["outcome"],
             )?,
+            hot: PerPacket::new(&packets, &messages, &bytes, &deliver_latency),
         };
         registry.register(Box::new(m.connections.clone()))?;
         registry.register(Box::new(m.connects.clone()))?;
