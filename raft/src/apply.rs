@@ -102,9 +102,10 @@ type Decoded = Arc<dyn Any + Send + Sync>;
 
 /// Values of one group's state that apply read with [`StateTxn::get_decoded`] or wrote with
 /// [`StateTxn::put_encoded`], decoded, as stored: a value a transaction writes enters only once its
-/// batch is written ([`StateTxn::publish_decoded`]); a batch that fails leaves the cache as it was.
-/// Apply of a group is serial (the state machine's lock), and so is every change of the cache;
-/// an install of a snapshot clears it.
+/// batch is written ([`StateTxn::publish_decoded`]); a batch that fails adds none of its writes
+/// (values it read from the engine may stay: they are what the engine holds). Apply of a group is
+/// serial (the state machine's lock), and so is every change of the cache; an install of a
+/// snapshot clears it. Bounded by entries, not bytes: a session with a large will counts as one.
 pub struct DecodedCache {
     values: Mutex<HashMap<Vec<u8>, Decoded>>,
     capacity: usize,
@@ -139,17 +140,45 @@ impl DecodedCache {
     }
 }
 
-/// The writes of one applied entry: reads see earlier writes of the same entry.
+/// One application key's write in a transaction (the last one wins: a key written several times
+/// by one applied batch is written to the engine once).
+enum Write {
+    Put(Vec<u8>),
+    Delete,
+    /// Written with [`StateTxn::put_encoded`]: kept decoded, encoded when the batch is written.
+    Value(Decoded, Encode),
+}
+
+/// Encodes a value kept as [`Decoded`] (the `T` it was written as).
+type Encode = fn(&(dyn Any + Send + Sync)) -> Result<Vec<u8>, StorageError>;
+
+fn encode_as<T: Serialize + 'static>(value: &(dyn Any + Send + Sync)) -> Result<Vec<u8>, StorageError> {
+    match value.downcast_ref::<T>() {
+        Some(v) => codec::encode(v),
+        None => Err(StorageError::corrupt("decoded value", "not of the type it was written as")),
+    }
+}
+
+impl Write {
+    fn bytes(&self) -> Result<Option<Vec<u8>>, StorageError> {
+        match self {
+            Write::Put(v) => Ok(Some(v.clone())),
+            Write::Delete => Ok(None),
+            Write::Value(v, encode) => encode(v.as_ref()).map(Some),
+        }
+    }
+}
+
+/// The writes of one applied batch of entries: reads see earlier writes of the same batch.
 pub struct StateTxn<'a> {
     view: StateView<'a>,
-    overlay: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    overlay: BTreeMap<Vec<u8>, Write>,
     raw_overlay: BTreeMap<Vec<u8>, Vec<u8>>,
     pub(crate) batch: WriteBatch,
     cache: Option<&'a DecodedCache>,
-    /// Values this transaction wrote with [`StateTxn::put_encoded`] (keys it wrote otherwise are
-    /// only in `overlay`).
-    decoded: HashMap<Vec<u8>, Decoded>,
-    /// Reads served from the cache, and reads that decoded a stored value.
+    /// After [`StateTxn::finish`]: each key written, with its value if written decoded.
+    written: Vec<(Vec<u8>, Option<Decoded>)>,
+    /// Reads served from memory, and reads that decoded a stored value.
     pub(crate) cache_hits: u64,
     pub(crate) cache_misses: u64,
 }
@@ -162,7 +191,7 @@ impl<'a> StateTxn<'a> {
             raw_overlay: BTreeMap::new(),
             batch: WriteBatch::default(),
             cache: None,
-            decoded: HashMap::new(),
+            written: Vec::new(),
             cache_hits: 0,
             cache_misses: 0,
         }
@@ -175,16 +204,21 @@ impl<'a> StateTxn<'a> {
 
     /// Reads and decodes one application key (`what` names it in errors), seeing this
     /// transaction's own writes. A value decoded before — read or written by an earlier batch of
-    /// this group's apply — comes from memory, not from the engine.
+    /// this group's apply — comes from memory, not from the engine. Apply stays deterministic only
+    /// if `T` survives an encode/decode round trip unchanged (no `#[serde(skip)]`, no lossy
+    /// fields): a node that just started decodes what another node has in memory.
     pub fn get_decoded<T>(&mut self, key: &[u8], what: &str) -> Result<Option<T>, StorageError>
     where
         T: DeserializeOwned + Clone + Send + Sync + 'static,
     {
-        if let Some(v) = self.decoded.get(key).and_then(|v| v.downcast_ref::<T>()) {
-            self.cache_hits += 1;
-            return Ok(Some(v.clone()));
+        let written = self.overlay.get(key);
+        if let Some(Write::Value(v, _)) = written {
+            if let Some(v) = v.downcast_ref::<T>() {
+                self.cache_hits += 1;
+                return Ok(Some(v.clone()));
+            }
         }
-        let untouched = !self.overlay.contains_key(key);
+        let untouched = written.is_none();
         if untouched {
             if let Some(v) = self.cache.and_then(|c| c.get(key)) {
                 if let Some(v) = v.downcast_ref::<T>() {
@@ -203,25 +237,48 @@ impl<'a> StateTxn<'a> {
         Ok(value)
     }
 
-    /// Encodes and writes one application key, keeping the value decoded for later reads.
+    /// Writes one application key, kept decoded for later reads; it is encoded once, when the
+    /// batch is written, however often the batch writes it (so a value too large to encode fails
+    /// the batch then, not this call).
     pub fn put_encoded<T>(&mut self, key: &[u8], value: T) -> Result<(), StorageError>
     where
         T: Serialize + Send + Sync + 'static,
     {
-        self.put(key, &codec::encode(&value)?);
-        if self.cache.is_some() {
-            self.decoded.insert(key.to_vec(), Arc::new(value));
+        self.overlay.insert(key.to_vec(), Write::Value(Arc::new(value), encode_as::<T>));
+        Ok(())
+    }
+
+    /// Moves the application writes into the write batch, encoding the values written decoded
+    /// (the last write of each key only). Called once, before the batch is written.
+    pub(crate) fn finish(&mut self) -> Result<(), StorageError> {
+        let group = self.view.group;
+        for (key, write) in std::mem::take(&mut self.overlay) {
+            let decoded = match write {
+                Write::Put(v) => {
+                    self.batch.put(app_key(group, &key), v);
+                    None
+                }
+                Write::Delete => {
+                    self.batch.delete(app_key(group, &key));
+                    None
+                }
+                Write::Value(v, encode) => {
+                    self.batch.put(app_key(group, &key), encode(v.as_ref())?);
+                    Some(v)
+                }
+            };
+            self.written.push((key, decoded));
         }
         Ok(())
     }
 
-    /// After this transaction's batch was written: the values it wrote replace those cached,
-    /// and keys it wrote or deleted otherwise leave the cache.
+    /// After this transaction's batch was written: the values it wrote decoded replace those
+    /// cached, and keys it wrote or deleted otherwise leave the cache.
     pub(crate) fn publish_decoded(&mut self) {
         let Some(cache) = self.cache else { return };
         let mut values = cache.values.lock();
-        for (key, _) in std::mem::take(&mut self.overlay) {
-            match self.decoded.remove(&key) {
+        for (key, decoded) in std::mem::take(&mut self.written) {
+            match decoded {
                 Some(v) => DecodedCache::insert(&mut values, cache.capacity, key, v),
                 None => {
                     values.remove(&key);
@@ -233,7 +290,7 @@ impl<'a> StateTxn<'a> {
     /// Reads one application key, seeing this transaction's own writes.
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
         match self.overlay.get(key) {
-            Some(v) => Ok(v.clone()),
+            Some(w) => w.bytes(),
             None => self.view.get(key),
         }
     }
@@ -241,9 +298,9 @@ impl<'a> StateTxn<'a> {
     /// Application keys in `[start, end)`, at most `limit`, seeing this transaction's own writes.
     pub fn scan(&self, start: &[u8], end: &[u8], limit: usize) -> Result<Vec<KvPair>, StorageError> {
         let mut rows: BTreeMap<Vec<u8>, Vec<u8>> = self.view.scan(start, end, limit)?.into_iter().collect();
-        for (k, v) in self.overlay.range(start.to_vec()..end.to_vec()) {
-            match v {
-                Some(v) => rows.insert(k.clone(), v.clone()),
+        for (k, w) in self.overlay.range(start.to_vec()..end.to_vec()) {
+            match w.bytes()? {
+                Some(v) => rows.insert(k.clone(), v),
                 None => rows.remove(k),
             };
         }
@@ -252,20 +309,12 @@ impl<'a> StateTxn<'a> {
 
     /// Writes one application key.
     pub fn put(&mut self, key: &[u8], value: &[u8]) {
-        self.batch.put(app_key(self.view.group, key), value.to_vec());
-        self.overlay.insert(key.to_vec(), Some(value.to_vec()));
-        if !self.decoded.is_empty() {
-            self.decoded.remove(key);
-        }
+        self.overlay.insert(key.to_vec(), Write::Put(value.to_vec()));
     }
 
     /// Deletes one application key.
     pub fn delete(&mut self, key: &[u8]) {
-        self.batch.delete(app_key(self.view.group, key));
-        self.overlay.insert(key.to_vec(), None);
-        if !self.decoded.is_empty() {
-            self.decoded.remove(key);
-        }
+        self.overlay.insert(key.to_vec(), Write::Delete);
     }
 
     /// The group being applied.
@@ -322,6 +371,7 @@ impl<'a> StateTxn<'a> {
     /// Writes the transaction's batch, then lets its decoded values into the cache (tests only).
     #[doc(hidden)]
     pub fn commit_for_test(mut self) -> Result<(), StorageError> {
+        self.finish()?;
         self.view.engine.write(&self.batch, false)?;
         self.publish_decoded();
         Ok(())
@@ -330,7 +380,7 @@ impl<'a> StateTxn<'a> {
     /// True if the transaction wrote nothing (tests only).
     #[doc(hidden)]
     pub fn is_empty_for_test(&self) -> bool {
-        self.batch.is_empty()
+        self.batch.is_empty() && self.overlay.is_empty()
     }
 }
 

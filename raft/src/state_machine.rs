@@ -175,6 +175,7 @@ impl GroupStateMachine {
         if let Some(last) = last {
             txn.batch.put(keys::raft_key(s.group, keys::RaftTag::Applied), codec::encode(&Some(last))?);
         }
+        txn.finish()?;
         s.engine.write(&txn.batch, false)?;
         txn.publish_decoded();
         s.metrics.observe_state_cache(txn.cache_hits, txn.cache_misses);

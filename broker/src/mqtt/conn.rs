@@ -1190,7 +1190,8 @@ impl<W: AsyncWrite + Unpin> Conn<W> {
     }
 
     /// Up to `limit` queue rows from the cursor on: the ones apply handed over if they continue
-    /// the cursor (no read), else read from the local state (a resumed session's backlog, rows
+    /// the cursor (no read), none if the cursor is at the queue's end as this node applied it (no
+    /// read either), else read from the local state (a resumed session's backlog, rows
     /// enqueued before this connection's `Connect`, or more than
     /// [`FRESH_ROWS`](super::router::FRESH_ROWS) behind).
     fn next_rows(&mut self, limit: usize) -> Result<QueueRows, End> {

@@ -126,8 +126,9 @@ impl LocalConn {
         }
     }
 
-    /// Records that the queue of the session this connection owns ends before `next_seq` (its
-    /// `Connect` applied with the queue so far; later rows arrive through [`Router::committed`]).
+    /// Records that the queue of the session this connection owns ends before `next_seq`: at its
+    /// `Connect` (the queue so far) and when a snapshot replaces the group's state
+    /// ([`Router::restore`]); rows applied in between arrive through [`Router::committed`].
     pub fn queue_ends_at(&self, next_seq: u64) {
         let mut fresh = self.fresh.lock();
         fresh.tail = fresh.tail.max(next_seq);
@@ -742,6 +743,14 @@ impl Hooks for Router {
             let client = String::from_utf8_lossy(&key[SESSIONS.0.len()..]).into_owned();
             let s: Session = codec::decode(&value, "session")?;
             self.set_route(group, &client, &s);
+            // An installed snapshot may hold Enqueues this node never applied (no hook saw them):
+            // the queue of a connection held here ends where the snapshot says, and it looks.
+            if let Some(c) = self.local.lock().get(&client) {
+                if s.owner.node == self.node_id && s.owner.conn == c.conn {
+                    c.queue_ends_at(s.next_seq);
+                }
+                c.wake.notify_one();
+            }
         }
         Ok(())
     }
@@ -751,6 +760,7 @@ impl Hooks for Router {
 mod tests {
     use super::*;
     use crate::state::session::Props;
+    use futures::FutureExt;
     use std::collections::BTreeSet;
 
     fn session(node: NodeId, connected: bool, subs: &[(&str, u8)]) -> Session {
@@ -981,6 +991,28 @@ mod tests {
         r.committed(1);
         assert_eq!(c.next_rows(FRESH_ROWS as u64 + 9, 1), Next::Rows(vec![q(FRESH_ROWS as u64 + 9)]));
         assert_eq!(c.next_rows(FRESH_ROWS as u64 + 10, 1), Next::Empty);
+    }
+
+    #[test]
+    fn a_snapshot_install_moves_the_queue_end_of_the_connections_held_here() {
+        let r = Router::new(1, MqttMetrics::unregistered());
+        let (live, _live_rx) = mpsc::channel(1);
+        let (kick, _kick_rx) = watch::channel(None);
+        let c = Arc::new(LocalConn::new(7, 1, live, kick));
+        r.register("a", c.clone());
+        c.queue_ends_at(2);
+        assert_eq!(c.next_rows(2, 10), Next::Empty);
+        // The installed state has rows 2..5 that no Enqueue applied here announced.
+        let engine = ironhub_storage::MemEngine::new();
+        let mut s = session(1, true, &[("t", 1)]);
+        s.owner.conn = 7;
+        s.next_seq = 5;
+        let mut txn = ironhub_raft::StateTxn::for_test(&engine, 1);
+        txn.put(&crate::state::session::session_key("a"), &codec::encode(&s).expect("encode"));
+        txn.commit_for_test().expect("commit");
+        r.restore(1, &StateView::for_test(&engine, 1)).expect("restore");
+        assert_eq!(c.next_rows(2, 10), Next::Read, "the connection reads the rows the snapshot brought");
+        assert!(c.wake.notified().now_or_never().is_some(), "and is woken to do so");
     }
 
     #[test]

@@ -737,7 +737,7 @@ mod tests {
     //! The takeover rules of DESIGN.md, each as a test of `apply`, and the queue/outbox invariants.
     use super::*;
     use crate::state::{Command, HubState};
-    use ironhub_raft::{Apply, DecodedCache, StateCacheLimits};
+    use ironhub_raft::{Apply, DecodedCache, StateCacheLimits, StateView};
     use ironhub_storage::MemEngine;
     use parking_lot::Mutex;
     use std::sync::Arc;
@@ -811,14 +811,35 @@ mod tests {
 
         fn apply(&mut self, cmd: SessionCommand) -> Response {
             self.index += 1;
-            // Through a cache of decoded sessions, as apply runs: every rule below is also checked
-            // against stale cached values.
+            // Through a cache of decoded sessions, as apply runs: every rule below also runs on
+            // values read from the cache and on writes deferred to the end of the batch.
             let mut txn = StateTxn::for_test_cached(&self.engine, 1, &self.cache);
             let ctx = ApplyContext { group: 1, index: self.index, slot: 0 };
             let raw = Command::Session(cmd).encode().expect("encode");
             let out = self.state.apply(&ctx, &raw, &mut txn).expect("apply");
             txn.commit_for_test().expect("commit");
             codec::decode(&out, "response").expect("decode")
+        }
+
+        /// Applies `cmds` in one transaction, as apply does with a batch of entries (writes are
+        /// deferred to its end, reads see the earlier commands' writes).
+        fn apply_all(&mut self, cmds: Vec<SessionCommand>) -> Vec<Response> {
+            let mut txn = StateTxn::for_test_cached(&self.engine, 1, &self.cache);
+            let mut out = Vec::new();
+            for cmd in cmds {
+                self.index += 1;
+                let ctx = ApplyContext { group: 1, index: self.index, slot: 0 };
+                let raw = Command::Session(cmd).encode().expect("encode");
+                let resp = self.state.apply(&ctx, &raw, &mut txn).expect("apply");
+                out.push(codec::decode(&resp, "response").expect("decode"));
+            }
+            txn.commit_for_test().expect("commit");
+            out
+        }
+
+        /// Every application key and value of the group.
+        fn dump(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
+            StateView::for_test(&self.engine, 1).scan(b"", b"\xff", usize::MAX).expect("scan")
         }
 
         fn connect(
@@ -1248,6 +1269,67 @@ mod tests {
         assert_eq!(*f.hooks.outbox.lock(), (3, 2));
         f.apply(SessionCommand::OutboxDone { upto: ids[2] });
         assert_eq!((f.outbox().len(), *f.hooks.outbox.lock()), (0, (3, 3)));
+    }
+
+    #[test]
+    fn commands_of_one_batch_leave_the_state_they_leave_one_by_one() {
+        let owner = |conn, epoch| Owner { node: 1, conn, epoch };
+        let items = |ids: &[u64]| {
+            let t = Target { client: "c".into(), qos: 1, retain: false, sub_ids: vec![] };
+            ids.iter()
+                .map(|i| EnqueueItem { id: (*i, 0), msg: msg("t", "x"), targets: vec![t.clone()] })
+                .collect()
+        };
+        let cmds = || {
+            let connect = |conn, clean_start| SessionCommand::Connect {
+                client: "c".into(),
+                owner: owner(conn, 0),
+                clean_start,
+                expiry_s: 3600,
+                will: None,
+                at_ms: 1,
+            };
+            let publish = |seq| SessionCommand::Publish {
+                client: "c".into(),
+                owner: owner(1, 1),
+                msg: msg("out", "y"),
+                qos2_pkid: None,
+                seq,
+            };
+            vec![
+                connect(1, false),
+                SessionCommand::Enqueue { source: 2, items: items(&[1, 2, 3]), limit: 10 },
+                SessionCommand::Acked {
+                    client: "c".into(),
+                    owner: owner(1, 1),
+                    upto: 2,
+                    sent_upto: 3,
+                    rel: vec![],
+                },
+                publish(1),
+                publish(1), // a retry: stored once
+                SessionCommand::Enqueue { source: 2, items: items(&[3, 4]), limit: 10 },
+                SessionCommand::Disconnect {
+                    client: "c".into(),
+                    owner: owner(1, 1),
+                    fire_will: false,
+                    expiry_s: Some(0),
+                    at_ms: 2,
+                },
+                connect(2, true),
+                SessionCommand::Enqueue { source: 2, items: items(&[5]), limit: 10 },
+            ]
+        };
+        let mut one = Fixture::new();
+        let each: Vec<Response> = cmds().into_iter().map(|c| one.apply(c)).collect();
+        let mut batch = Fixture::new();
+        assert_eq!(batch.apply_all(cmds()), each, "the same responses");
+        assert_eq!(batch.dump(), one.dump(), "the same stored state");
+        assert_eq!(one.queue("c"), [0], "the new session has only the last message");
+        // And the next batch reads the cached values as the engine holds them.
+        let more = vec![SessionCommand::Enqueue { source: 2, items: items(&[6]), limit: 10 }];
+        assert_eq!(batch.apply_all(more.clone()), more.into_iter().map(|c| one.apply(c)).collect::<Vec<_>>());
+        assert_eq!(batch.dump(), one.dump());
     }
 
     #[test]
