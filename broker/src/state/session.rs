@@ -1272,6 +1272,47 @@ mod tests {
     }
 
     #[test]
+    fn cached_values_survive_an_encode_decode_round_trip_unchanged() {
+        // Apply reads sessions and publish windows from memory on a node that has them cached
+        // and decodes them on one that does not: both must see the same value, or the nodes'
+        // writes and responses would differ.
+        let props = Props {
+            payload_format: Some(1),
+            expiry_s: Some(30),
+            content_type: Some("text/plain".into()),
+            response_topic: Some("r/t".into()),
+            correlation: Some(Bytes::from_static(b"\x00\xff")),
+            user: vec![("b".into(), "2".into()), ("a".into(), "1".into())],
+        };
+        let mut s = Session {
+            owner: Owner { node: 3, conn: 9, epoch: 4 },
+            connected: false,
+            expiry_s: 600,
+            disconnected_at_ms: 17,
+            subs: [("a/+".to_string(), sub(1)), ("$share/g/b".to_string(), sub(2))].into_iter().collect(),
+            will: Some(Will { msg: Message { props, ..msg("wills/c", "gone") }, delay_s: 5 }),
+            will_at_ms: Some(99),
+            next_seq: 12,
+            head: 7,
+            sent_upto: 9,
+            rel: [8, 10].into_iter().collect(),
+            awaiting_rel: [1, 65535].into_iter().collect(),
+            last_from: [(2, (5, 1)), (7, (u64::MAX, u32::MAX))].into_iter().collect(),
+            dropped: 3,
+        };
+        s.subs.get_mut("a/+").expect("sub").id = Some(268_435_455);
+        let back: Session = codec::decode(&codec::encode(&s).expect("encode"), "session").expect("decode");
+        assert_eq!(back, s);
+        let mut w = PublishWindow::for_conn((3, 9));
+        for seq in [0, 5, 70, 1100] {
+            w.insert(seq);
+        }
+        let back: PublishWindow =
+            codec::decode(&codec::encode(&w).expect("encode"), "window").expect("decode");
+        assert_eq!(back, w);
+    }
+
+    #[test]
     fn commands_of_one_batch_leave_the_state_they_leave_one_by_one() {
         let owner = |conn, epoch| Owner { node: 1, conn, epoch };
         let items = |ids: &[u64]| {
