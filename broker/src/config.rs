@@ -470,10 +470,12 @@ mod tests {
     }
 
     #[test]
-    fn state_cache_entries_parse_and_default_to_20000() {
-        assert_eq!(Config::default().state_cache.entries, 20_000);
+    fn state_cache_limits_parse_with_defaults_for_the_rest() {
+        let d = Config::default().state_cache;
+        assert_eq!((d.entries, d.bytes), (20_000, 16 << 20));
         let c: Config = toml::from_str("[state_cache]\nentries = 0").expect("parse");
-        assert_eq!(c.state_cache.entries, 0, "0 turns the cache off");
+        assert_eq!((c.state_cache.entries, c.state_cache.bytes), (0, 16 << 20), "0 turns the cache off");
+        assert!(toml::from_str::<Config>("[state_cache]\nbytes = -1").is_err());
     }
 
     #[test]

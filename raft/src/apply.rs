@@ -89,54 +89,76 @@ impl StateView<'_> {
 pub struct StateCacheLimits {
     /// Values kept per group (default 20,000; 0 turns the cache off).
     pub entries: usize,
+    /// Encoded bytes of the values kept per group (default 16 MiB; a larger value is not kept).
+    pub bytes: usize,
 }
 
 impl Default for StateCacheLimits {
     fn default() -> Self {
-        Self { entries: 20_000 }
+        Self { entries: 20_000, bytes: 16 << 20 }
     }
 }
 
 /// A decoded value as cached.
 type Decoded = Arc<dyn Any + Send + Sync>;
 
+/// A decoded value with its encoded size.
+type Kept = (Decoded, usize);
+
+/// The cached values of a group, with their encoded sizes and the sum of those.
+#[derive(Default)]
+struct Values {
+    map: HashMap<Vec<u8>, Kept>,
+    bytes: usize,
+}
+
+impl Values {
+    fn remove(&mut self, key: &[u8]) {
+        if let Some((_, size)) = self.map.remove(key) {
+            self.bytes -= size;
+        }
+    }
+
+    /// Keeps `value` (`size` bytes encoded) under `limits`, dropping other values to make room
+    /// (any ones: they are read from the engine again when needed).
+    fn insert(&mut self, limits: &StateCacheLimits, key: Vec<u8>, value: Decoded, size: usize) {
+        self.remove(&key);
+        if limits.entries == 0 || size > limits.bytes {
+            return;
+        }
+        while self.map.len() >= limits.entries || self.bytes + size > limits.bytes {
+            let Some(old) = self.map.keys().next().cloned() else { break };
+            self.remove(&old);
+        }
+        self.bytes += size;
+        self.map.insert(key, (value, size));
+    }
+}
+
 /// Values of one group's state that apply read with [`StateTxn::get_decoded`] or wrote with
 /// [`StateTxn::put_encoded`], decoded, as stored: a value a transaction writes enters only once its
 /// batch is written ([`StateTxn::publish_decoded`]); a batch that fails adds none of its writes
 /// (values it read from the engine may stay: they are what the engine holds). Apply of a group is
 /// serial (the state machine's lock), and so is every change of the cache; an install of a
-/// snapshot clears it. Bounded by entries, not bytes: a session with a large will counts as one.
+/// snapshot clears it. Bounded in entries and in encoded bytes ([`StateCacheLimits`]).
 pub struct DecodedCache {
-    values: Mutex<HashMap<Vec<u8>, Decoded>>,
-    capacity: usize,
+    values: Mutex<Values>,
+    limits: StateCacheLimits,
 }
 
 impl DecodedCache {
     /// An empty cache.
     pub fn new(limits: &StateCacheLimits) -> Self {
-        Self { values: Mutex::new(HashMap::new()), capacity: limits.entries }
+        Self { values: Mutex::new(Values::default()), limits: limits.clone() }
     }
 
     fn get(&self, key: &[u8]) -> Option<Decoded> {
-        self.values.lock().get(key).cloned()
-    }
-
-    fn insert(values: &mut HashMap<Vec<u8>, Decoded>, capacity: usize, key: Vec<u8>, value: Decoded) {
-        if capacity == 0 {
-            return;
-        }
-        if values.len() >= capacity && !values.contains_key(&key) {
-            // Full: make room by dropping any one value (it is read from the engine when needed).
-            if let Some(old) = values.keys().next().cloned() {
-                values.remove(&old);
-            }
-        }
-        values.insert(key, value);
+        self.values.lock().map.get(key).map(|(v, _)| v.clone())
     }
 
     /// Forgets every value (the group's state was replaced).
     pub(crate) fn clear(&self) {
-        self.values.lock().clear();
+        *self.values.lock() = Values::default();
     }
 }
 
@@ -176,8 +198,9 @@ pub struct StateTxn<'a> {
     raw_overlay: BTreeMap<Vec<u8>, Vec<u8>>,
     pub(crate) batch: WriteBatch,
     cache: Option<&'a DecodedCache>,
-    /// After [`StateTxn::finish`]: each key written, with its value if written decoded.
-    written: Vec<(Vec<u8>, Option<Decoded>)>,
+    /// After [`StateTxn::finish`]: each key written, with its value and encoded size if written
+    /// decoded.
+    written: Vec<(Vec<u8>, Option<Kept>)>,
     /// Reads served from memory, and reads that decoded a stored value.
     pub(crate) cache_hits: u64,
     pub(crate) cache_misses: u64,
@@ -228,13 +251,13 @@ impl<'a> StateTxn<'a> {
             }
         }
         self.cache_misses += 1;
-        let value: Option<T> = self.get(key)?.map(|raw| codec::decode(&raw, what)).transpose()?;
-        if let (true, Some(cache), Some(v)) = (untouched, self.cache, value.as_ref()) {
+        let Some(raw) = self.get(key)? else { return Ok(None) };
+        let value: T = codec::decode(&raw, what)?;
+        if let (true, Some(cache)) = (untouched, self.cache) {
             // As stored (no write of this transaction touched it): valid for later batches too.
-            let mut values = cache.values.lock();
-            DecodedCache::insert(&mut values, cache.capacity, key.to_vec(), Arc::new(v.clone()));
+            cache.values.lock().insert(&cache.limits, key.to_vec(), Arc::new(value.clone()), raw.len());
         }
-        Ok(value)
+        Ok(Some(value))
     }
 
     /// Writes one application key, kept decoded for later reads; it is encoded once, when the
@@ -263,8 +286,10 @@ impl<'a> StateTxn<'a> {
                     None
                 }
                 Write::Value(v, encode) => {
-                    self.batch.put(app_key(group, &key), encode(v.as_ref())?);
-                    Some(v)
+                    let bytes = encode(v.as_ref())?;
+                    let size = bytes.len();
+                    self.batch.put(app_key(group, &key), bytes);
+                    Some((v, size))
                 }
             };
             self.written.push((key, decoded));
@@ -279,10 +304,8 @@ impl<'a> StateTxn<'a> {
         let mut values = cache.values.lock();
         for (key, decoded) in std::mem::take(&mut self.written) {
             match decoded {
-                Some(v) => DecodedCache::insert(&mut values, cache.capacity, key, v),
-                None => {
-                    values.remove(&key);
-                }
+                Some((v, size)) => values.insert(&cache.limits, key, v, size),
+                None => values.remove(&key),
             }
         }
     }
@@ -389,5 +412,59 @@ impl<'a> StateView<'a> {
     #[doc(hidden)]
     pub fn for_test(engine: &'a dyn KvEngine, group: GroupId) -> Self {
         Self { engine, group }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ironhub_storage::MemEngine;
+
+    /// Writes `values` (key, u64) through a cached transaction and commits it.
+    fn write(engine: &MemEngine, cache: &DecodedCache, values: &[(&str, u64)]) {
+        let mut txn = StateTxn::for_test_cached(engine, 1, cache);
+        for (k, v) in values {
+            txn.put_encoded(k.as_bytes(), *v).expect("put");
+        }
+        txn.commit_for_test().expect("commit");
+    }
+
+    #[test]
+    fn the_cache_keeps_within_its_entries_and_bytes() {
+        let engine = MemEngine::new();
+        // A u64 encodes as 2 bytes here (version byte + one varint byte below 251).
+        let cache = DecodedCache::new(&StateCacheLimits { entries: 3, bytes: 100 });
+        write(&engine, &cache, &[("a", 1), ("b", 2), ("c", 3), ("d", 4)]);
+        assert_eq!(cache.values.lock().map.len(), 3, "at most 3 entries");
+        let cache = DecodedCache::new(&StateCacheLimits { entries: 100, bytes: 5 });
+        write(&engine, &cache, &[("a", 1), ("b", 2), ("c", 3)]);
+        let v = cache.values.lock();
+        assert_eq!((v.map.len(), v.bytes), (2, 4), "at most 5 bytes: two 2-byte values");
+        drop(v);
+        // A value larger than the whole budget is not kept; every value still reads right.
+        let cache = DecodedCache::new(&StateCacheLimits { entries: 100, bytes: 1 });
+        write(&engine, &cache, &[("a", 7)]);
+        assert!(cache.values.lock().map.is_empty());
+        let mut txn = StateTxn::for_test_cached(&engine, 1, &cache);
+        assert_eq!(txn.get_decoded::<u64>(b"a", "a").expect("get"), Some(7));
+        assert_eq!(txn.get_decoded::<u64>(b"d", "d").expect("get"), Some(4));
+        assert_eq!(txn.get_decoded::<u64>(b"zz", "zz").expect("get"), None);
+    }
+
+    #[test]
+    fn a_deleted_or_rewritten_key_leaves_the_cache_with_its_bytes() {
+        let engine = MemEngine::new();
+        let cache = DecodedCache::new(&StateCacheLimits::default());
+        write(&engine, &cache, &[("a", 1), ("b", 2)]);
+        let mut txn = StateTxn::for_test_cached(&engine, 1, &cache);
+        txn.delete(b"a");
+        txn.put(b"b", &codec::encode(&9u64).expect("encode"));
+        txn.commit_for_test().expect("commit");
+        let v = cache.values.lock();
+        assert_eq!((v.map.len(), v.bytes), (0, 0));
+        drop(v);
+        let mut txn = StateTxn::for_test_cached(&engine, 1, &cache);
+        assert_eq!(txn.get_decoded::<u64>(b"a", "a").expect("get"), None);
+        assert_eq!(txn.get_decoded::<u64>(b"b", "b").expect("get"), Some(9));
     }
 }

@@ -25,7 +25,7 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use super::codec::{self, v5, Packet, Protocol, QoS};
-use super::metrics::{Dir, PACKET_TYPES};
+use super::metrics::{packet_index, Dir, PACKET_TYPES};
 use super::router::{parse_shared, Live, LocalConn, Next};
 use super::{now_ms, proto, Broker};
 use crate::state::session::{
@@ -375,28 +375,6 @@ fn props_of(p: Option<v5::PublishProperties>) -> Props {
         response_topic: p.response_topic,
         correlation: p.correlation_data,
         user: p.user_properties,
-    }
-}
-
-/// The packet's position in [`PACKET_TYPES`].
-fn packet_index(p: &v5::Packet) -> usize {
-    use v5::Packet as P;
-    match p {
-        P::Connect(_) => 0,
-        P::ConnAck(_) => 1,
-        P::Publish(_) => 2,
-        P::PubAck(_) => 3,
-        P::PubRec(_) => 4,
-        P::PubRel(_) => 5,
-        P::PubComp(_) => 6,
-        P::Subscribe(_) => 7,
-        P::SubAck(_) => 8,
-        P::Unsubscribe(_) => 9,
-        P::UnsubAck(_) => 10,
-        P::PingReq => 11,
-        P::PingResp => 12,
-        P::Disconnect(_) => 13,
-        P::Auth(_) => 14,
     }
 }
 

@@ -1,5 +1,6 @@
 //! Prometheus metrics of the MQTT front end, registered on the node's registry (`/metrics`).
 
+use super::codec::v5;
 use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
@@ -44,7 +45,7 @@ pub struct MqttMetrics {
     pub hot: PerPacket,
 }
 
-/// MQTT packet types, as the `type` label names them (the index [`PerPacket::packet`] takes).
+/// MQTT packet types, as the `type` label names them, in the order of [`packet_index`].
 pub const PACKET_TYPES: [&str; 15] = [
     "connect",
     "connack",
@@ -62,6 +63,28 @@ pub const PACKET_TYPES: [&str; 15] = [
     "disconnect",
     "auth",
 ];
+
+/// The packet's position in [`PACKET_TYPES`].
+pub fn packet_index(p: &v5::Packet) -> usize {
+    use v5::Packet as P;
+    match p {
+        P::Connect(_) => 0,
+        P::ConnAck(_) => 1,
+        P::Publish(_) => 2,
+        P::PubAck(_) => 3,
+        P::PubRec(_) => 4,
+        P::PubRel(_) => 5,
+        P::PubComp(_) => 6,
+        P::Subscribe(_) => 7,
+        P::SubAck(_) => 8,
+        P::Unsubscribe(_) => 9,
+        P::UnsubAck(_) => 10,
+        P::PingReq => 11,
+        P::PingResp => 12,
+        P::Disconnect(_) => 13,
+        P::Auth(_) => 14,
+    }
+}
 
 /// Handles of the series counted for every packet and message, resolved when the metrics are
 /// made: a labelled lookup hashes its labels and takes a lock, several times per message.

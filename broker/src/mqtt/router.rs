@@ -341,9 +341,10 @@ impl Router {
 
     /// Subscriber-side back-pressure of the fan-out: waits until each queue in `wants` (client →
     /// messages about to be queued) has room for them under `limit`, at most `patience`. Only
-    /// queues that drain are waited for — whose receiver acknowledged within the patience — so an offline session's queue overflows as configured (oldest dropped, counted)
-    /// instead of holding everyone back, and a receiver that let a round wait out the whole
-    /// patience is not waited for during the next ten.
+    /// queues that drain are waited for — whose receiver acknowledged within the patience — so an
+    /// offline session's queue overflows as configured (oldest dropped, counted) instead of
+    /// holding everyone back, and a receiver that let a round wait out the whole patience is not
+    /// waited for during the next ten.
     pub async fn wait_queue_room(
         &self,
         wants: &HashMap<&str, u64>,
@@ -649,6 +650,9 @@ impl Hooks for Router {
     }
 
     fn queue_appended(&self, group: GroupId, client: &str, owner: Owner, next_seq: u64, rows: QueueRows) {
+        // Every node applies every partition: rows for sessions owned elsewhere are not kept
+        // until the commit (their local connection, if any, is only woken).
+        let rows = if owner.node == self.node_id { rows } else { Vec::new() };
         self.pending.lock().entry(group).or_default().clients.push((
             client.to_string(),
             owner,
@@ -939,13 +943,19 @@ mod tests {
         assert_eq!(r.queued(["b"]), 0);
     }
 
+    /// Connection `conn` of client `client` in partition 1, registered with `r`.
+    fn local_conn(r: &Router, client: &str, conn: u64) -> Arc<LocalConn> {
+        let (live, _) = mpsc::channel(1);
+        let (kick, _) = watch::channel(None);
+        let c = Arc::new(LocalConn::new(conn, 1, live, kick));
+        r.register(client, c.clone());
+        c
+    }
+
     #[test]
     fn committed_rows_reach_the_owning_connection_and_continue_its_cursor_only() {
         let r = Router::new(1, MqttMetrics::unregistered());
-        let (live, _live_rx) = mpsc::channel(1);
-        let (kick, _kick_rx) = watch::channel(None);
-        let c = Arc::new(LocalConn::new(7, 1, live, kick));
-        r.register("a", c.clone());
+        let c = local_conn(&r, "a", 7);
         let q = |seq: u64| (seq, Queued { msg: msg("t", 1), qos: 1, retain: false, sub_ids: vec![] });
         let seqs = |next: Next| match next {
             Next::Rows(rows) => Some(rows.into_iter().map(|(s, _)| s).collect::<Vec<_>>()),
@@ -996,10 +1006,7 @@ mod tests {
     #[test]
     fn a_snapshot_install_moves_the_queue_end_of_the_connections_held_here() {
         let r = Router::new(1, MqttMetrics::unregistered());
-        let (live, _live_rx) = mpsc::channel(1);
-        let (kick, _kick_rx) = watch::channel(None);
-        let c = Arc::new(LocalConn::new(7, 1, live, kick));
-        r.register("a", c.clone());
+        let c = local_conn(&r, "a", 7);
         c.queue_ends_at(2);
         assert_eq!(c.next_rows(2, 10), Next::Empty);
         // The installed state has rows 2..5 that no Enqueue applied here announced.
